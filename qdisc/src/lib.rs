@@ -1,0 +1,1 @@
+//! The plug tree over pure netlink (see issue #4; not built yet).

@@ -1,0 +1,22 @@
+//! `reuse-server`: the server that every reload in this project replaces.
+//!
+//! It answers every request with its own PID, so a client can tell which
+//! generation served it, and it drains without losing a request.
+//!
+//! - [`listen`]: parse `--listen`, bind SO_REUSEPORT sockets, adopt inherited
+//!   (`LISTEN_FDS`) sockets.
+//! - [`serve`]: the accept loops, the HTTP service and the drain.
+//! - [`notify`]: the `sd_notify` readiness datagram.
+
+pub mod listen;
+pub mod notify;
+pub mod serve;
+
+pub use listen::{bind_all, inherited, parse_listen, ListenError, Listener};
+pub use serve::{serve, DrainReport, ServeOptions};
+
+/// Prefix for every log line: the binary name and our PID, so the lines of
+/// two generations sharing one stderr can be told apart.
+pub fn log_prefix() -> String {
+    format!("reuse-server[{}]", std::process::id())
+}

@@ -1,0 +1,274 @@
+//! The accept loops, the HTTP service and the drain.
+//!
+//! The drain is where a reload loses requests if it is careless, so its rules
+//! are spelled out here:
+//!
+//! 1. On shutdown, every accept loop stops, then accepts (without waiting)
+//!    whatever the kernel has already queued on its listener, and only then
+//!    closes it: a connection left in the accept queue at close is reset.
+//! 2. A connection that has not sent its first request yet is *not* shut down:
+//!    hyper's graceful shutdown would close it as idle, and its client would
+//!    see an error. We wait for that request and answer it.
+//! 3. Once a connection has started a request, hyper's graceful shutdown lets
+//!    in-flight requests finish and closes it; responses sent while draining
+//!    carry `Connection: close` (HTTP/1) so the client does not reuse it.
+//!    An idle keep-alive connection is closed at once.
+//! 4. The drain ends when every connection is done, or at the drain timeout.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::TcpListener as StdListener;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION};
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+
+use crate::listen::Listener;
+
+/// `/delay/<ms>` never sleeps longer than this.
+const MAX_DELAY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// How long the drain may take before remaining connections are cut.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the drain did.
+#[derive(Debug, Clone)]
+pub struct DrainReport {
+    /// Connections open at shutdown plus those taken from the accept queues.
+    pub connections: usize,
+    /// Of those, the ones taken from the accept queues before closing.
+    pub from_queue: usize,
+    /// Connections still open when the drain timeout cut them.
+    pub cut: usize,
+    pub elapsed: Duration,
+}
+
+/// Shared between the accept loops, the connections and the drain.
+struct Shared {
+    pid: String,
+    draining: AtomicBool,
+    open: AtomicUsize,
+    all_closed: Notify,
+}
+
+/// Serves `listeners` until `shutdown` resolves, then drains (see the module
+/// docs) and returns what the drain did. Must run inside a tokio runtime.
+pub async fn serve(
+    listeners: Vec<Listener>,
+    shutdown: impl Future<Output = ()>,
+    opts: ServeOptions,
+) -> io::Result<DrainReport> {
+    let shared = Arc::new(Shared {
+        pid: std::process::id().to_string(),
+        draining: AtomicBool::new(false),
+        open: AtomicUsize::new(0),
+        all_closed: Notify::new(),
+    });
+    let (drain_tx, drain_rx) = watch::channel(false);
+
+    let mut loops = Vec::new();
+    for l in listeners {
+        l.socket.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(l.socket)?;
+        loops.push(tokio::spawn(accept_loop(
+            listener,
+            shared.clone(),
+            drain_rx.clone(),
+        )));
+    }
+
+    shutdown.await;
+    let start = Instant::now();
+    shared.draining.store(true, Ordering::SeqCst);
+    let open_at_shutdown = shared.open.load(Ordering::SeqCst);
+    let _ = drain_tx.send(true);
+    let mut from_queue = 0;
+    for l in loops {
+        from_queue += l.await.unwrap_or(0);
+    }
+
+    let all_done = async {
+        loop {
+            let notified = shared.all_closed.notified();
+            if shared.open.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            notified.await;
+        }
+    };
+    let _ = tokio::time::timeout(opts.drain_timeout, all_done).await;
+    Ok(DrainReport {
+        connections: open_at_shutdown + from_queue,
+        from_queue,
+        cut: shared.open.load(Ordering::SeqCst),
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Accepts until the drain starts, then empties the accept queue and closes
+/// the listener. Returns how many connections it took from the queue.
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut drain: watch::Receiver<bool>,
+) -> usize {
+    let for_connections = drain.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = async { drain.wait_for(|d| *d).await.map(|_| ()) } => break,
+            res = listener.accept() => match res {
+                Ok((stream, _)) => spawn_connection(stream, &shared, &for_connections),
+                // EMFILE, ECONNABORTED and the like concern one connection or a
+                // moment; the listener itself is fine.
+                Err(e) => {
+                    eprintln!("{}: accept: {e}", crate::log_prefix());
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+    // Out of the reactor, so accept() below asks the kernel directly and sees
+    // exactly what is queued now, not what epoll last reported.
+    let Ok(std_listener) = listener.into_std() else {
+        return 0;
+    };
+    let queued = take_queued(&std_listener, &shared, &for_connections);
+    drop(std_listener); // closes the listening socket
+    queued
+}
+
+fn take_queued(
+    listener: &StdListener,
+    shared: &Arc<Shared>,
+    drain: &watch::Receiver<bool>,
+) -> usize {
+    let mut n = 0;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let spawned = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpStream::from_std(stream));
+                if let Ok(stream) = spawned {
+                    spawn_connection(stream, shared, drain);
+                    n += 1;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+            Err(_) => return n, // WouldBlock: the queue is empty
+        }
+    }
+}
+
+/// Decrements the open-connection count however the connection task ends.
+struct OpenGuard(Arc<Shared>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.all_closed.notify_waiters();
+        }
+    }
+}
+
+/// Per-connection state the service shares with the connection task.
+#[derive(Default)]
+struct ConnState {
+    requests: AtomicUsize,
+    first_request: Notify,
+}
+
+fn spawn_connection(stream: TcpStream, shared: &Arc<Shared>, drain: &watch::Receiver<bool>) {
+    shared.open.fetch_add(1, Ordering::SeqCst);
+    let guard = OpenGuard(shared.clone());
+    let mut drain = drain.clone();
+    tokio::spawn(async move {
+        let shared = guard.0.clone();
+        let conn_state = Arc::new(ConnState::default());
+        let svc_state = conn_state.clone();
+        let service = hyper::service::service_fn(move |req| {
+            if svc_state.requests.fetch_add(1, Ordering::SeqCst) == 0 {
+                svc_state.first_request.notify_one();
+            }
+            respond(req, shared.clone())
+        });
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let shutdown_when_started = async {
+            let _ = drain.wait_for(|d| *d).await;
+            // A connection that has not begun a request would be closed as
+            // idle by graceful_shutdown; wait for its request instead.
+            loop {
+                let notified = conn_state.first_request.notified();
+                if conn_state.requests.load(Ordering::SeqCst) > 0 {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = shutdown_when_started => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+        drop(guard);
+    });
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut status = StatusCode::OK;
+    let mut body = Bytes::from(shared.pid.clone());
+    if let Some(ms) = req.uri().path().strip_prefix("/delay/") {
+        match ms.parse::<u64>() {
+            Ok(ms) => tokio::time::sleep(Duration::from_millis(ms).min(MAX_DELAY)).await,
+            Err(_) => {
+                status = StatusCode::BAD_REQUEST;
+                body = Bytes::from(format!(
+                    "/delay/{ms}: want a whole number of milliseconds\n"
+                ));
+            }
+        }
+    }
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&shared.pid) {
+        headers.insert("x-server-pid", v);
+    }
+    // Checked after the work: a request that began before the drain and ends
+    // during it must still tell its client not to reuse the connection.
+    // (HTTP/2 has no Connection header; GOAWAY does that job there.)
+    if shared.draining.load(Ordering::SeqCst) && req.version() <= Version::HTTP_11 {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
+}

@@ -1,0 +1,283 @@
+//! `reuse-server` as a user runs it: real processes, real sockets, each test
+//! in its own network namespace (so port 7000 is always free and the host's
+//! `lo` is never touched).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use testkit::load::{self, Outcome};
+use testkit::proc::Proc;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_reuse-server");
+const SEC: Duration = Duration::from_secs(1);
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Runs `f` in a private network namespace, or reports the skip.
+fn in_netns(name: &str, f: impl FnOnce() + Send + 'static) {
+    if let Err(why) = testkit::netns::run(f) {
+        testkit::skip(&format!("{name}: {why}"));
+    }
+}
+
+/// Starts a server with `args` and waits until it logs that it listens.
+fn start(args: &[&str]) -> Proc {
+    let mut p = Proc::spawn(Command::new(SERVER).args(args)).expect("spawn reuse-server");
+    assert!(
+        p.wait_line("listening on", 10 * SEC).is_some(),
+        "server never listened: {:?}",
+        p.log
+    );
+    p
+}
+
+fn get_pid(a: SocketAddr, path: &str) -> Outcome {
+    load::get(a, path, 10 * SEC)
+}
+
+#[test]
+fn two_servers_on_one_port_both_answer() {
+    in_netns("two servers", || {
+        let a = start(&[]);
+        let b = start(&[]);
+        let report = load::run(&load::Options::new(addr("127.0.0.1:7000"), 4, 400));
+        assert_eq!(report.failed(), 0, "{report:?}");
+        for p in [&a, &b] {
+            assert!(
+                report.pids.get(&p.pid()).copied().unwrap_or(0) > 0,
+                "server {} served nothing: {:?}",
+                p.pid(),
+                report.pids
+            );
+        }
+    });
+}
+
+#[test]
+fn pid_body_and_header_on_any_path_and_method() {
+    in_netns("pid body", || {
+        let s = start(&["--listen", "127.0.0.1:7001"]);
+        let mut c = TcpStream::connect("127.0.0.1:7001").unwrap();
+        c.write_all(
+            b"POST /any/path HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut raw = String::new();
+        c.read_to_string(&mut raw).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+        assert!(
+            raw.to_ascii_lowercase()
+                .contains(&format!("x-server-pid: {}", s.pid())),
+            "{raw}"
+        );
+        assert!(raw.ends_with(&s.pid().to_string()), "{raw}");
+        assert_eq!(
+            get_pid(addr("127.0.0.1:7001"), "/healthz"),
+            Outcome::Ok(s.pid())
+        );
+    });
+}
+
+#[test]
+fn ipv6_listener_answers() {
+    in_netns("ipv6", || {
+        let s = start(&["--listen", "[::1]:7000"]);
+        assert_eq!(get_pid(addr("[::1]:7000"), "/"), Outcome::Ok(s.pid()));
+        // v6-only: the IPv4 side of the port stays free.
+        assert_eq!(get_pid(addr("127.0.0.1:7000"), "/"), Outcome::Refused);
+    });
+}
+
+#[test]
+fn inherited_listener_is_served_and_nothing_is_bound() {
+    in_netns("inherited listener", || {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&addr("127.0.0.1:7100").into()).unwrap();
+        sock.listen(128).unwrap();
+        let listener: TcpListener = sock.into();
+        let fd = listener.as_raw_fd();
+        let mut cmd = Command::new(SERVER);
+        cmd.args(["--listen", "127.0.0.1:7200"])
+            .env("LISTEN_FDS", "1")
+            .env("LISTEN_FDNAMES", "web");
+        // SAFETY: dup2 is async-signal-safe; it puts our listener on fd 3 in
+        // the child (dup2 clears close-on-exec on the new fd).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut s = Proc::spawn(&mut cmd).unwrap();
+        let line = s
+            .wait_line("listening on", 10 * SEC)
+            .expect("server listens");
+        assert!(line.contains("inherited fd 3, web"), "{line}");
+        drop(listener); // only the child holds it now
+        assert_eq!(get_pid(addr("127.0.0.1:7100"), "/"), Outcome::Ok(s.pid()));
+        assert_eq!(
+            get_pid(addr("127.0.0.1:7200"), "/"),
+            Outcome::Refused,
+            "bound --listen too"
+        );
+    });
+}
+
+#[test]
+fn connection_accepted_before_sigterm_gets_its_response() {
+    in_netns("accepted before SIGTERM", || {
+        let mut s = start(&[]);
+        let mut c = TcpStream::connect("127.0.0.1:7000").unwrap();
+        c.set_read_timeout(Some(10 * SEC)).unwrap();
+        // Let the server's accept loop take it before the signal.
+        thread::sleep(Duration::from_millis(300));
+        s.signal(libc::SIGTERM);
+        assert!(s.wait_line("draining", 5 * SEC).is_some(), "{:?}", s.log);
+        thread::sleep(Duration::from_millis(300));
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut raw = Vec::new();
+        c.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{text}");
+        assert!(
+            text.contains("connection: close"),
+            "drain response must close: {text}"
+        );
+        let status = s.wait_exit(10 * SEC).expect("exits after the drain");
+        assert!(status.success(), "{status:?}");
+    });
+}
+
+#[test]
+fn request_in_flight_at_sigterm_completes_and_second_sigterm_is_absorbed() {
+    in_netns("in flight", || {
+        let mut s = start(&[]);
+        let pid = s.pid();
+        let slow = thread::spawn(|| get_pid(addr("127.0.0.1:7000"), "/delay/2000"));
+        thread::sleep(Duration::from_millis(300));
+        s.signal(libc::SIGTERM);
+        thread::sleep(Duration::from_millis(200));
+        s.signal(libc::SIGTERM);
+        assert_eq!(slow.join().unwrap(), Outcome::Ok(pid));
+        let status = s.wait_exit(10 * SEC).expect("exits after the drain");
+        assert!(status.success(), "{status:?}: {:?}", s.drain_log());
+        assert!(
+            s.wait_line("drained in", SEC).is_some()
+                || s.log.iter().any(|l| l.contains("drained in"))
+        );
+    });
+}
+
+#[test]
+fn idle_keepalive_connection_is_closed_by_the_drain() {
+    in_netns("idle keep-alive", || {
+        let mut s = start(&[]);
+        let mut c = TcpStream::connect("127.0.0.1:7000").unwrap();
+        c.set_read_timeout(Some(10 * SEC)).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 1024];
+        let n = c.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        s.signal(libc::SIGTERM);
+        // The idle connection is closed (EOF), and the server exits quickly.
+        assert_eq!(c.read(&mut buf).unwrap(), 0);
+        assert!(s.wait_exit(10 * SEC).expect("exits").success());
+    });
+}
+
+#[test]
+fn sigquit_ends_at_once() {
+    in_netns("sigquit", || {
+        let mut s = start(&[]);
+        let _slow = thread::spawn(|| get_pid(addr("127.0.0.1:7000"), "/delay/30000"));
+        thread::sleep(Duration::from_millis(300));
+        s.signal(libc::SIGTERM);
+        s.signal(libc::SIGQUIT);
+        let status = s
+            .wait_exit(5 * SEC)
+            .expect("SIGQUIT ends it without waiting for the drain");
+        assert!(!status.success());
+    });
+}
+
+/// The handover the whole project is about, without the plug: a second
+/// server joins, the first is told to go, and with `tcp_migrate_req=1` not a
+/// single request of a steady new-connection-per-request load fails.
+#[test]
+fn handover_under_load_loses_no_request() {
+    in_netns("handover under load", || {
+        testkit::netns::set_sysctl("net/ipv4/tcp_migrate_req", "1").expect("tcp_migrate_req");
+        let mut first = start(&[]);
+        let target = addr("127.0.0.1:7000");
+        let load = thread::spawn(move || load::run(&load::Options::new(target, 32, 20_000)));
+        // Let the load reach full speed against the first server alone.
+        thread::sleep(Duration::from_millis(300));
+        let second = start(&[]);
+        first.signal(libc::SIGTERM);
+        let status = first.wait_exit(30 * SEC).expect("first server exits");
+        let report = load.join().unwrap();
+        assert!(
+            status.success(),
+            "first server: {status:?} {:?}",
+            first.drain_log()
+        );
+        assert_eq!(report.failed(), 0, "failed requests: {report:?}");
+        assert_eq!(report.ok, 20_000);
+        assert!(report.pids.contains_key(&first.pid()), "{:?}", report.pids);
+        assert!(report.pids.contains_key(&second.pid()), "{:?}", report.pids);
+        eprintln!("handover: {report:?}");
+    });
+}
+
+fn expect_bad_input(cmd: &mut Command, needle: &str) {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(needle), "want {needle:?} in {stderr}");
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    in_netns("bad input", || {
+        expect_bad_input(
+            Command::new(SERVER).args(["--listen", "localhost:7000"]),
+            "\"localhost:7000\" is not an address",
+        );
+        // A later address that fails releases the earlier one (nothing bound).
+        let plain = TcpListener::bind("127.0.0.1:7300").unwrap();
+        expect_bad_input(
+            Command::new(SERVER).args(["--listen", "127.0.0.1:7301", "--listen", "127.0.0.1:7300"]),
+            "127.0.0.1:7300: the port is in use by a socket without SO_REUSEPORT",
+        );
+        drop(plain);
+        assert_eq!(get_pid(addr("127.0.0.1:7301"), "/"), Outcome::Refused);
+
+        // fd 3 is a connected (not listening) socket.
+        let l = TcpListener::bind("127.0.0.1:7302").unwrap();
+        let c = TcpStream::connect("127.0.0.1:7302").unwrap();
+        let fd = c.as_raw_fd();
+        let mut cmd = Command::new(SERVER);
+        cmd.env("LISTEN_FDS", "1");
+        // SAFETY: dup2 is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::dup2(fd, 3);
+                Ok(())
+            });
+        }
+        expect_bad_input(&mut cmd, "fd 3 (127.0.0.1:");
+        expect_bad_input(Command::new(SERVER).env("LISTEN_FDS", "2"), "is not");
+        drop((l, c));
+    });
+}

@@ -1,0 +1,67 @@
+//! Private network namespaces for tests.
+//!
+//! `unshare(CLONE_NEWNET)` applies to the calling thread only, so each test
+//! body runs on a thread of its own; processes and threads it starts inherit
+//! the namespace. The new namespace has only `lo`, down: we bring it up.
+
+use std::io;
+
+/// Runs `f` on a new thread inside a new network namespace with `lo` up.
+/// `Err` means the namespace could not be made (the caller should skip).
+pub fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    let handle = std::thread::spawn(move || -> Result<T, String> {
+        enter().map_err(|e| format!("needs a private network namespace (CAP_SYS_ADMIN): {e}"))?;
+        Ok(f())
+    });
+    match handle.join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Moves the calling thread into a new network namespace and brings `lo` up.
+pub fn enter() -> io::Result<()> {
+    // SAFETY: unshare takes flags only; it changes this thread's namespace.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    set_up("lo")
+}
+
+/// Writes a sysctl of the current network namespace, for example
+/// `set_sysctl("net/ipv4/tcp_migrate_req", "1")`. /proc/sys/net resolves to
+/// the namespace of the thread that opens it.
+pub fn set_sysctl(name: &str, value: &str) -> io::Result<()> {
+    std::fs::write(format!("/proc/sys/{name}"), value)
+}
+
+fn set_up(ifname: &str) -> io::Result<()> {
+    // SAFETY: a plain socket() call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: `ifr` is a valid ifreq for both ioctls, which read and write
+    // only the name and the flags union member.
+    let res = unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            -1
+        } else {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr)
+        }
+    };
+    let err = io::Error::last_os_error();
+    // SAFETY: fd came from socket() above and is not used after this.
+    unsafe { libc::close(fd) };
+    if res < 0 {
+        Err(err)
+    } else {
+        Ok(())
+    }
+}

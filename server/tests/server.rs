@@ -281,3 +281,54 @@ fn bad_input_is_one_line_and_exit_2() {
         drop((l, c));
     });
 }
+
+/// HTTP/2 with prior knowledge (h2c), checked with curl as an independent client.
+#[test]
+fn http2_prior_knowledge_answers() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        testkit::skip("http2: needs curl (apt-get install curl)");
+        return;
+    }
+    in_netns("http2", || {
+        let s = start(&[]);
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--http2-prior-knowledge",
+                "-o",
+                "-",
+                "-w",
+                " %{http_version}",
+                "http://127.0.0.1:7000/",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text, format!("{} 2", s.pid()));
+    });
+}
+
+#[test]
+fn ready_is_sent_to_notify_socket() {
+    in_netns("sd_notify", || {
+        let dir = std::env::temp_dir().join(format!("reuse-server-notify-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let sock = std::os::unix::net::UnixDatagram::bind(&dir).unwrap();
+        sock.set_read_timeout(Some(10 * SEC)).unwrap();
+        let s = Proc::spawn(Command::new(SERVER).env("NOTIFY_SOCKET", &dir)).unwrap();
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).expect("READY=1 within 10 s");
+        let _ = std::fs::remove_file(&dir);
+        assert_eq!(
+            String::from_utf8_lossy(&buf[..n]),
+            format!("READY=1\nMAINPID={}\n", s.pid())
+        );
+        // Ready means listening: the first request is answered.
+        assert_eq!(get_pid(addr("127.0.0.1:7000"), "/"), Outcome::Ok(s.pid()));
+    });
+}

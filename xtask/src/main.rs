@@ -1,9 +1,23 @@
-//! `cargo xtask <task>`: the project's tasks. One module per task.
+//! `cargo xtask <task>`: a flat match over the tasks; each lives in a module
+//! of the xtask library.
 
-fn main() -> anyhow::Result<()> {
+use std::process::ExitCode;
+
+const TASKS: &str = "tasks:
+  vm [--timeout SECS] [--kernel VMLINUZ --modules DIR] -- COMMAND [ARGS...]
+                boot a kernel with sch_plug under qemu and run COMMAND in it";
+
+fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some(other) => anyhow::bail!("unknown task {other:?}; tasks: (none yet)"),
-        None => anyhow::bail!("usage: cargo xtask <task>"),
-    }
+    let result = match args.first().map(String::as_str) {
+        Some("vm") => {
+            xtask::vm::main(&args[1..]).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown task {other:?}\n{TASKS}")),
+        None => Err(anyhow::anyhow!("usage: cargo xtask <task>\n{TASKS}")),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("xtask: error: {e:#}");
+        ExitCode::FAILURE
+    })
 }

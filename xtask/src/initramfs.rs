@@ -1,0 +1,245 @@
+//! The guest's root file system: busybox, the kernel modules we need (with
+//! their dependencies and a fresh `modules.dep`), iproute2, nft and ab with
+//! their shared libraries, the project's static binaries and the scenarios.
+//! Staged as a directory, then packed as one uncompressed newc archive.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::BufWriter;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cpio;
+use crate::exec::{exec, which};
+use crate::provision::Kernel;
+
+/// Modules the project uses in the guest. Their dependencies come along, and
+/// the guest's modprobe autoloads them on first use.
+pub const MODULES: &[&str] = &[
+    "sch_prio",
+    "sch_plug",
+    "sch_htb",
+    "sch_ingress",
+    "cls_fw",
+    "cls_u32",
+    "cls_bpf",
+    "cls_matchall",
+    "act_mirred",
+    "act_gact",
+    "ifb",
+    "veth",
+    "nf_tables",
+];
+
+/// Host tools copied in for cross-checks, at `/usr/sbin/<name>`. Call them by
+/// that full path in the guest: busybox's shell prefers its own applets
+/// (`tc`, `ip`) over anything on PATH.
+pub const TOOLS: &[&str] = &["tc", "ip", "ss", "nft", "ab"];
+
+/// The guest's `/init`. `/xtask-cmd` comes from a second archive appended per
+/// run, so the big one is built once.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run /sbin /usr/bin /usr/sbin /root
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+echo /sbin/modprobe > /proc/sys/kernel/modprobe
+ip link set lo up
+export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+cd /
+echo "xtask-vm: kernel $(uname -r), running: $(cat /xtask-cmd)"
+sh /xtask-cmd
+rc=$?
+echo "xtask-vm: exit-status $rc"
+poweroff -f
+"#;
+
+/// The line `/init` prints last; exactly one must reach the host.
+pub const RESULT_PREFIX: &str = "xtask-vm: exit-status ";
+
+/// Stages the root file system in `stage` and returns it packed.
+pub fn build(kernel: &Kernel, bins: &[PathBuf], scenarios: &Path, stage: &Path) -> Result<Vec<u8>> {
+    let _ = fs::remove_dir_all(stage);
+    fs::create_dir_all(stage)?;
+    write(stage, "init", INIT.as_bytes(), 0o755)?;
+    write(
+        stage,
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n",
+        0o644,
+    )?;
+    write(stage, "etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644)?;
+
+    let busybox = which("busybox").context("busybox not found")?;
+    copy(&busybox, &stage.join("bin/busybox"))?;
+    stage_modules(kernel, stage)?;
+    for tool in TOOLS {
+        let path = which(tool).with_context(|| format!("{tool} not found on the host"))?;
+        copy(&path, &stage.join("usr/sbin").join(tool))?;
+        for lib in shared_libraries(&path)? {
+            let dst = stage.join(lib.strip_prefix("/").unwrap_or(&lib));
+            if !dst.exists() {
+                copy(&lib, &dst)?;
+            }
+        }
+    }
+    for bin in bins {
+        copy(
+            bin,
+            &stage.join("usr/local/bin").join(bin.file_name().unwrap()),
+        )?;
+    }
+    if scenarios.is_dir() {
+        for e in fs::read_dir(scenarios)? {
+            let p = e?.path();
+            copy(&p, &stage.join("scenarios").join(p.file_name().unwrap()))?;
+        }
+    }
+    pack(stage)
+}
+
+/// A second archive holding only `/xtask-cmd`; appended to the first, it
+/// tells `/init` what to run.
+pub fn command_archive(command: &[String]) -> Result<Vec<u8>> {
+    let line: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
+    let mut w = cpio::Writer::new(Vec::new());
+    w.file(
+        "xtask-cmd",
+        0o644,
+        format!("{}\n", line.join(" ")).as_bytes(),
+    )?;
+    Ok(w.finish()?)
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Copies MODULES and everything they depend on, then runs depmod so the
+/// guest's modprobe (and the kernel's autoload through it) finds them.
+fn stage_modules(kernel: &Kernel, stage: &Path) -> Result<()> {
+    let version = kernel.version();
+    let mut by_name = std::collections::HashMap::new();
+    index_modules(&kernel.modules.join("kernel"), &mut by_name)?;
+    let mut todo: Vec<String> = MODULES.iter().map(|m| m.to_string()).collect();
+    let mut seen = BTreeSet::new();
+    while let Some(name) = todo.pop() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let Some(path) = by_name.get(&name) else {
+            // Built into this kernel (or absent): nothing to copy.
+            continue;
+        };
+        let deps = exec(Command::new("modinfo").args(["-F", "depends"]).arg(path))?;
+        todo.extend(
+            deps.trim()
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(|d| d.replace('-', "_")),
+        );
+        let rel = path.strip_prefix(&kernel.modules)?;
+        copy(path, &stage.join("lib/modules").join(&version).join(rel))?;
+    }
+    for f in [
+        "modules.order",
+        "modules.builtin",
+        "modules.builtin.modinfo",
+    ] {
+        let src = kernel.modules.join(f);
+        if src.exists() {
+            copy(&src, &stage.join("lib/modules").join(&version).join(f))?;
+        }
+    }
+    exec(Command::new("depmod").arg("-b").arg(stage).arg(&version))?;
+    Ok(())
+}
+
+fn index_modules(dir: &Path, out: &mut std::collections::HashMap<String, PathBuf>) -> Result<()> {
+    for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            index_modules(&p, out)?;
+        } else if let Some(name) = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".ko"))
+        {
+            out.insert(name.replace('-', "_"), p.clone());
+        }
+    }
+    Ok(())
+}
+
+/// The shared libraries `ldd` lists for `bin`, the dynamic loader included.
+fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
+    let out = exec(Command::new("ldd").arg(bin))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.trim().split(' ').next()?,
+                None => l.split(' ').next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+fn write(stage: &Path, rel: &str, data: &[u8], mode: u32) -> Result<()> {
+    let p = stage.join(rel);
+    fs::create_dir_all(p.parent().unwrap())?;
+    fs::write(&p, data)?;
+    fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Copies the file's contents (following symlinks) and its mode.
+fn copy(src: &Path, dst: &Path) -> Result<()> {
+    fs::create_dir_all(dst.parent().unwrap())?;
+    fs::copy(src, dst)
+        .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    Ok(())
+}
+
+/// Packs the staged tree: parents before children, symlinks kept.
+fn pack(stage: &Path) -> Result<Vec<u8>> {
+    let mut w = cpio::Writer::new(BufWriter::new(Vec::new()));
+    let mut stack = vec![stage.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<PathBuf> = fs::read_dir(&dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            let name = p.strip_prefix(stage)?.to_string_lossy().into_owned();
+            let meta = fs::symlink_metadata(&p)?;
+            if meta.file_type().is_symlink() {
+                w.symlink(&name, &fs::read_link(&p)?.to_string_lossy())?;
+            } else if meta.is_dir() {
+                w.dir(&name)?;
+                stack.push(p);
+            } else if meta.is_file() {
+                w.file(&name, meta.permissions().mode(), &fs::read(&p)?)?;
+            } else {
+                bail!("{} is neither file, directory nor symlink", p.display());
+            }
+        }
+    }
+    let buf = w.finish()?;
+    Ok(buf.into_inner().map_err(|e| e.into_error())?)
+}

@@ -1,0 +1,248 @@
+//! `cargo xtask vm`: boot a kernel that has sch_prio, sch_plug and cls_fw
+//! under qemu (TCG: KVM guests hang on these machines) and run one command
+//! in it as root.
+//!
+//! The shape follows aya's xtask: an initramfs with a tiny `/init`, the
+//! console streamed line by line, a kernel panic or a timeout ends the run at
+//! once, and exactly one result line must arrive.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::initramfs::{self, RESULT_PREFIX};
+use crate::provision::{self, Kernel};
+use crate::{build, workspace_root};
+
+/// A kernel and a base initramfs, ready to boot any number of commands.
+pub struct Prepared {
+    pub kernel: Kernel,
+    base_initrd: Vec<u8>,
+    work: PathBuf,
+}
+
+/// Provisions host tools and the kernel (unless given), builds the project's
+/// static binaries and the base initramfs.
+pub fn prepare(kernel: Option<Kernel>) -> Result<Prepared> {
+    let root = workspace_root();
+    let work = root.join("target/vm");
+    provision::host_tools()?;
+    let kernel = match kernel {
+        Some(k) => k,
+        None => provision::debian_kernel(&work)?,
+    };
+    let bins = build::static_binaries(&root)?;
+    let base_initrd = initramfs::build(
+        &kernel,
+        &bins,
+        &root.join("xtask/scenarios"),
+        &work.join("stage"),
+    )
+    .context("building the initramfs")?;
+    Ok(Prepared {
+        kernel,
+        base_initrd,
+        work,
+    })
+}
+
+/// How a boot ended without producing a result.
+#[derive(Debug)]
+pub enum Failure {
+    Panic,
+    Timeout(Duration),
+    NoResult,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Panic => write!(f, "the guest kernel panicked"),
+            Failure::Timeout(t) => write!(
+                f,
+                "the guest gave no result within {} s (hang?)",
+                t.as_secs()
+            ),
+            Failure::NoResult => write!(f, "the guest stopped without printing its result line"),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl Prepared {
+    /// Boots, runs `command` as root, streams every console line to
+    /// `on_line`, and returns the command's exit status.
+    pub fn run(
+        &self,
+        command: &[String],
+        timeout: Duration,
+        mut on_line: impl FnMut(&str),
+    ) -> Result<i32> {
+        static COUNTER: Mutex<u32> = Mutex::new(0);
+        let n = {
+            let mut c = COUNTER.lock().unwrap_or_else(|e| e.into_inner());
+            *c += 1;
+            *c
+        };
+        let initrd = self
+            .work
+            .join(format!("run-{}-{n}.initrd", std::process::id()));
+        let mut bytes = self.base_initrd.clone();
+        bytes.extend(initramfs::command_archive(command)?);
+        std::fs::write(&initrd, bytes)?;
+        let result = boot(&self.kernel.vmlinuz, &initrd, timeout, &mut on_line);
+        let _ = std::fs::remove_file(&initrd);
+        result
+    }
+}
+
+fn boot(
+    vmlinuz: &Path,
+    initrd: &Path,
+    timeout: Duration,
+    on_line: &mut dyn FnMut(&str),
+) -> Result<i32> {
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg,thread=multi", "-smp", "2", "-m", "1024"])
+        .args(["-nographic", "-no-reboot"])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start qemu-system-x86_64")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut buf = Vec::new();
+            while reader
+                .read_until(b'\n', &mut buf)
+                .map(|n| n > 0)
+                .unwrap_or(false)
+            {
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned();
+                if tx.send(line).is_err() {
+                    break;
+                }
+                buf.clear();
+            }
+        });
+    }
+    drop(tx);
+
+    let deadline = Instant::now() + timeout;
+    let mut results = Vec::new();
+    let outcome = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                on_line(&line);
+                if line.contains("Kernel panic") {
+                    break Err(Failure::Panic);
+                }
+                if let Some(code) = line
+                    .find(RESULT_PREFIX)
+                    .map(|i| &line[i + RESULT_PREFIX.len()..])
+                {
+                    results.push(code.trim().parse::<i32>().unwrap_or(-1));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => break Err(Failure::Timeout(timeout)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break Ok(()),
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome?;
+    match results.as_slice() {
+        [code] => Ok(*code),
+        [] => Err(Failure::NoResult.into()),
+        many => bail!(
+            "the guest printed {} result lines, expected one",
+            many.len()
+        ),
+    }
+}
+
+/// The parsed `cargo xtask vm` command line.
+pub struct Args {
+    pub timeout: Duration,
+    pub kernel: Option<Kernel>,
+    pub command: Vec<String>,
+}
+
+pub const USAGE: &str =
+    "usage: cargo xtask vm [--timeout SECS] [--kernel VMLINUZ --modules DIR] -- COMMAND [ARGS...]
+  Boots a kernel with sch_prio/sch_plug/cls_fw (default: the current Debian
+  linux-image-*-amd64, downloaded once into target/vm) under qemu and runs
+  COMMAND as root. DIR is the kernel's lib/modules/<version>. The project's
+  binaries are on PATH; iproute2 (tc, ip, ss), nft and ab are at /usr/sbin/<name>.";
+
+pub fn parse_args(args: &[String]) -> Result<Args> {
+    let mut timeout = Duration::from_secs(300);
+    let (mut vmlinuz, mut modules) = (None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .with_context(|| format!("{a} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--timeout" => {
+                let v = value()?;
+                timeout = Duration::from_secs(
+                    v.parse()
+                        .with_context(|| format!("--timeout {v}: not a number of seconds"))?,
+                );
+            }
+            "--kernel" => vmlinuz = Some(PathBuf::from(value()?)),
+            "--modules" => modules = Some(PathBuf::from(value()?)),
+            "--" => break,
+            "-h" | "--help" => bail!("{USAGE}"),
+            other => bail!("unknown option {other:?}\n{USAGE}"),
+        }
+    }
+    let command: Vec<String> = it.cloned().collect();
+    if command.is_empty() {
+        bail!("no command given\n{USAGE}");
+    }
+    let kernel = match (vmlinuz, modules) {
+        (Some(vmlinuz), Some(modules)) => Some(Kernel { vmlinuz, modules }),
+        (None, None) => None,
+        _ => bail!("--kernel and --modules go together\n{USAGE}"),
+    };
+    Ok(Args {
+        timeout,
+        kernel,
+        command,
+    })
+}
+
+/// `cargo xtask vm ...`: returns COMMAND's exit status.
+pub fn main(args: &[String]) -> Result<i32> {
+    let args = parse_args(args)?;
+    let prepared = prepare(args.kernel)?;
+    let start = Instant::now();
+    let code = prepared.run(&args.command, args.timeout, |l| eprintln!("{l}"))?;
+    eprintln!(
+        "xtask: guest exited {code} after {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(code)
+}

@@ -1,0 +1,104 @@
+//! Scenarios that run inside the VM, on a kernel that has sch_plug. Each is
+//! a test here, so the README's test command reports each as passed or
+//! failed, with the guest's console in the failure output.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use xtask::provision::Unavailable;
+use xtask::vm::{self, Failure, Prepared};
+
+/// Boots are serialised (two cores; TCG is CPU-bound) and share one
+/// prepared kernel and initramfs.
+static VM: Mutex<Option<Result<Prepared, String>>> = Mutex::new(None);
+
+/// Runs `command` in the guest. `None` means the VM cannot run here (the skip
+/// has been reported); otherwise the exit status (or why there was none) and
+/// the console output.
+fn in_guest(command: &[&str], timeout: Duration) -> Option<(anyhow::Result<i32>, String)> {
+    let mut vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let prepared = vm.get_or_insert_with(|| {
+        vm::prepare(None).map_err(|e| match e.downcast_ref::<Unavailable>() {
+            Some(u) => format!("skip:{u}"),
+            None => format!("{e:#}"),
+        })
+    });
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) if e.starts_with("skip:") => {
+            testkit::skip(&format!("no VM: {}", &e[5..]));
+            return None;
+        }
+        Err(e) => panic!("cannot prepare the VM: {e}"),
+    };
+    let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+    let mut console = String::new();
+    let result = prepared.run(&command, timeout, |line| {
+        eprintln!("guest| {line}");
+        console.push_str(line);
+        console.push('\n');
+    });
+    Some((result, console))
+}
+
+/// Runs `/scenarios/<name>.sh` and requires exit status 0.
+fn scenario(name: &str) {
+    let Some((result, _)) = in_guest(
+        &["sh", &format!("/scenarios/{name}.sh")],
+        Duration::from_secs(300),
+    ) else {
+        return;
+    };
+    match result {
+        Ok(0) => {}
+        Ok(code) => {
+            panic!("scenario {name} failed in the guest with exit status {code} (console above)")
+        }
+        Err(e) => panic!("scenario {name}: {e:#} (console above)"),
+    }
+}
+
+#[test]
+fn guest_builds_the_seed_tree_with_tc() {
+    scenario("tc-plug-tree");
+}
+
+// The harness itself: failures, panics and hangs are reported as such.
+
+#[test]
+fn harness_reports_a_failing_command() {
+    if let Some((result, console)) = in_guest(
+        &["sh", "-c", "echo about to fail; exit 3"],
+        Duration::from_secs(120),
+    ) {
+        assert_eq!(result.unwrap(), 3);
+        assert!(console.contains("about to fail"));
+    }
+}
+
+#[test]
+fn harness_reports_a_kernel_panic() {
+    if let Some((result, _)) = in_guest(
+        &["sh", "-c", "echo c > /proc/sysrq-trigger"],
+        Duration::from_secs(120),
+    ) {
+        let err = result.expect_err("a panic is no result");
+        assert!(
+            matches!(err.downcast_ref::<Failure>(), Some(Failure::Panic)),
+            "{err:#}"
+        );
+    }
+}
+
+#[test]
+fn harness_reports_a_hang_within_its_timeout() {
+    let start = std::time::Instant::now();
+    if let Some((result, _)) = in_guest(&["sleep", "600"], Duration::from_secs(40)) {
+        let err = result.expect_err("a hang is no result");
+        assert!(
+            matches!(err.downcast_ref::<Failure>(), Some(Failure::Timeout(_))),
+            "{err:#}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,285 @@
+//! `qdisc`: the plug tree from the command line. Parse, act through the
+//! library, print; never spawns a process.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use qdisc::{Classifier, Config, Plug, Sources};
+
+/// Build, toggle and inspect the prio/pfifo/plug tree that holds new TCP
+/// connections (SYNs) during a server reload. Talks to the kernel over
+/// netlink; needs CAP_NET_ADMIN.
+#[derive(Parser, Debug)]
+#[command(name = "qdisc", version)]
+struct Cli {
+    /// Network device the tree lives on.
+    #[arg(long, global = true, default_value = "lo")]
+    dev: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Add prio 1: (4 bands), pfifos 10: 20: 30:, plug 40: (released) and the
+    /// SYN classifier. Idempotent; on failure removes what it added.
+    Setup {
+        /// fw: an nf_tables rule marks SYNs and an fw filter sends mark 1 to
+        /// the plug (as the seed). u32: a u32 filter matches SYNs itself, no
+        /// netfilter.
+        #[arg(long, default_value = "fw")]
+        classifier: Classifier,
+        /// The plug's limit in bytes; SYNs beyond it are dropped (clients retry ~1 s later).
+        #[arg(long, value_name = "BYTES", default_value_t = qdisc::tree::DEFAULT_LIMIT)]
+        limit: u32,
+        /// Hold SYNs only from this source address (repeatable), or `any`.
+        /// Default: 127.0.0.1 and ::1 (local clients, as the seed).
+        #[arg(long = "source", value_name = "ADDR|any")]
+        sources: Vec<String>,
+    },
+    /// Remove our tree (releasing the plug first) and our nf_tables tables.
+    /// Touches nothing else.
+    Teardown,
+    /// Start holding new connections.
+    Plug,
+    /// Let held connections go, and all new ones until the next plug.
+    Release,
+    /// Let go what was held when the plug began; keep holding the rest.
+    ReleaseOne,
+    /// Show whether the tree is complete, the plug's state and its counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find which of prio, pfifo, plug, fw, u32 and nf_tables this kernel
+    /// supports, by trying each in a throwaway network namespace.
+    Probe {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("qdisc: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let dev = cli.dev;
+    match cli.command {
+        Command::Setup {
+            classifier,
+            limit,
+            sources,
+        } => {
+            let sources = parse_sources(&sources)?;
+            qdisc::setup(&Config {
+                dev: dev.clone(),
+                limit,
+                classifier,
+                sources,
+            })?;
+            println!(
+                "qdisc: tree ready on {dev} (classifier {}, plug released)",
+                classifier.kind()
+            );
+        }
+        Command::Teardown => {
+            qdisc::teardown(&dev)?;
+            println!("qdisc: removed our tree and nf_tables tables from {dev}");
+        }
+        Command::Plug => {
+            Plug::open(&dev)?.buffer()?;
+            println!("qdisc: plug on {dev} is buffering new connections");
+        }
+        Command::Release => {
+            Plug::open(&dev)?.release()?;
+            println!("qdisc: plug on {dev} released");
+        }
+        Command::ReleaseOne => {
+            Plug::open(&dev)?.release_one()?;
+            println!("qdisc: plug on {dev} released what it held before the last plug");
+        }
+        Command::Status { json } => {
+            let s = qdisc::status(&dev)?;
+            if json {
+                println!("{}", status_json(&s));
+            } else {
+                print!("{}", status_text(&s));
+            }
+            // Scripts can test completeness by the exit status.
+            return Ok(if s.complete() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            });
+        }
+        Command::Probe { json } => {
+            let p = qdisc::probe()?;
+            if json {
+                let items: Vec<String> = p
+                    .features
+                    .iter()
+                    .map(|(n, s)| match s {
+                        Ok(()) => format!("\"{n}\":{{\"supported\":true}}"),
+                        Err(why) => format!(
+                            "\"{n}\":{{\"supported\":false,\"error\":{}}}",
+                            json_str(why)
+                        ),
+                    })
+                    .collect();
+                println!("{{{}}}", items.join(","));
+            } else {
+                for (n, s) in &p.features {
+                    match s {
+                        Ok(()) => println!("{n:10} yes"),
+                        Err(why) => println!("{n:10} NO   {why}"),
+                    }
+                }
+            }
+            return Ok(if p.missing().is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_sources(args: &[String]) -> anyhow::Result<Sources> {
+    if args.is_empty() {
+        return Ok(Sources::default());
+    }
+    if args.iter().any(|a| a == "any") {
+        return Ok(Sources::Any);
+    }
+    let addrs = args
+        .iter()
+        .map(|a| {
+            a.parse::<IpAddr>()
+                .map_err(|_| anyhow::anyhow!("--source {a:?} is not an IP address or `any`"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Sources::Only(addrs))
+}
+
+fn buffering_word(b: Option<bool>) -> &'static str {
+    match b {
+        Some(true) => "buffering",
+        Some(false) => "released",
+        None => "unknown (never toggled here)",
+    }
+}
+
+fn status_text(s: &qdisc::Status) -> String {
+    let mut out = format!("device     {}\n", s.dev);
+    let yes = |b: bool| if b { "present" } else { "MISSING" };
+    match &s.other_root {
+        Some(kind) => out += &format!("root       not ours ({kind})\n"),
+        None => out += &format!("root       prio 1: {}\n", yes(s.root)),
+    }
+    out += &format!(
+        "fifos      10: {}  20: {}  30: {}\n",
+        yes(s.fifos[0]),
+        yes(s.fifos[1]),
+        yes(s.fifos[2])
+    );
+    match &s.plug {
+        Some(p) => {
+            out += &format!("plug       40: {}\n", buffering_word(s.buffering));
+            out += &format!(
+                "  held     {} packets, {} bytes\n",
+                p.held_packets, p.held_bytes
+            );
+            out += &format!("  dropped  {}\n", p.drops);
+            out += &format!(
+                "  sent     {} packets, {} bytes through band 4\n",
+                p.sent_packets, p.sent_bytes
+            );
+        }
+        None => out += "plug       40: MISSING\n",
+    }
+    let filters: Vec<String> = s
+        .filters
+        .iter()
+        .map(|(k, f)| format!("{k} ({f})"))
+        .collect();
+    out += &format!(
+        "filters    {}\n",
+        if filters.is_empty() {
+            "none".into()
+        } else {
+            filters.join(", ")
+        }
+    );
+    out += &format!(
+        "nf_tables  {}\n",
+        if s.tables.is_empty() {
+            "no table of ours".into()
+        } else {
+            s.tables
+                .iter()
+                .map(|f| format!("{f} reuse_plug"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    out += &format!("complete   {}\n", if s.complete() { "yes" } else { "no" });
+    out
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out += "\\\"",
+            '\\' => out += "\\\\",
+            c if (c as u32) < 0x20 => out += &format!("\\u{:04x}", c as u32),
+            c => out.push(c),
+        }
+    }
+    out + "\""
+}
+
+fn status_json(s: &qdisc::Status) -> String {
+    let plug = match &s.plug {
+        Some(p) => format!(
+            "{{\"buffering\":{},\"held_packets\":{},\"held_bytes\":{},\"drops\":{},\"sent_packets\":{},\"sent_bytes\":{}}}",
+            s.buffering.map_or("null".into(), |b| b.to_string()),
+            p.held_packets,
+            p.held_bytes,
+            p.drops,
+            p.sent_packets,
+            p.sent_bytes
+        ),
+        None => "null".into(),
+    };
+    let filters: Vec<String> = s
+        .filters
+        .iter()
+        .map(|(k, f)| format!("{{\"kind\":{},\"family\":{}}}", json_str(k), json_str(f)))
+        .collect();
+    let tables: Vec<String> = s.tables.iter().map(|f| json_str(f)).collect();
+    format!(
+        "{{\"dev\":{},\"complete\":{},\"root\":{},\"other_root\":{},\"fifos\":[{},{},{}],\"plug\":{},\"filters\":[{}],\"nf_tables\":[{}]}}",
+        json_str(&s.dev),
+        s.complete(),
+        s.root,
+        s.other_root.as_deref().map_or("null".into(), json_str),
+        s.fifos[0],
+        s.fifos[1],
+        s.fifos[2],
+        plug,
+        filters.join(","),
+        tables.join(",")
+    )
+}

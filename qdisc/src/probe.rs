@@ -1,0 +1,136 @@
+//! Which of the kernel features the tree needs are here, found by trying
+//! each in a throwaway network namespace (on its `lo`). It touches no real
+//! device, and where modules can be loaded the attempt autoloads them.
+
+use crate::error::{Error, Object, Result};
+use crate::nft::{self, Family};
+use crate::socket::Socket;
+use crate::tc::{self, fw, handle, pfifo, plug, prio, u32, ETH_P_IP, TC_H_ROOT};
+use crate::wire::Message;
+
+/// One feature: `Ok(())` if the kernel accepted it, or why not.
+pub type Support = std::result::Result<(), String>;
+
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub features: Vec<(&'static str, Support)>,
+}
+
+impl Probe {
+    pub fn supports(&self, name: &str) -> bool {
+        self.features.iter().any(|(n, s)| *n == name && s.is_ok())
+    }
+
+    pub fn missing(&self) -> Vec<&'static str> {
+        self.features
+            .iter()
+            .filter(|(_, s)| s.is_err())
+            .map(|(n, _)| *n)
+            .collect()
+    }
+}
+
+/// Tries prio, pfifo, plug, fw, u32 and nf_tables. Needs CAP_SYS_ADMIN (to
+/// make the namespace) and CAP_NET_ADMIN.
+pub fn probe() -> Result<Probe> {
+    let t = std::thread::spawn(|| -> Result<Probe> {
+        crate::sys::unshare_netns().map_err(|source| Error::Io {
+            op: "make a throwaway network namespace to probe in (needs CAP_SYS_ADMIN: run as root)"
+                .into(),
+            source,
+        })?;
+        let lo = crate::sys::ifindex("lo")?;
+        let mut rt = Socket::route()?;
+        let mut features = Vec::new();
+        let try_qdisc = |rt: &mut Socket, kind: &'static str, m: Message| -> Support {
+            let r = rt.request(m, &|| (format!("add {kind} qdisc"), Object::Qdisc(kind)));
+            let _ = rt.request(tc::delete_root(lo), &|| (String::new(), Object::Other));
+            r.map_err(|e| e.to_string())
+        };
+        features.push((
+            "prio",
+            try_qdisc(
+                &mut rt,
+                prio::KIND,
+                prio::add(lo, handle(1, 0), TC_H_ROOT, 4),
+            ),
+        ));
+        features.push((
+            "pfifo",
+            try_qdisc(
+                &mut rt,
+                pfifo::KIND,
+                pfifo::add(lo, handle(1, 0), TC_H_ROOT, 10),
+            ),
+        ));
+        features.push((
+            "plug",
+            try_qdisc(
+                &mut rt,
+                plug::KIND,
+                plug::add(lo, handle(1, 0), TC_H_ROOT, 1000),
+            ),
+        ));
+
+        // Classifiers hang off the ingress qdisc here, which every kernel
+        // with tc has; that tests the classifier alone.
+        let ingress_ok = rt
+            .request(ingress(lo), &|| {
+                ("add ingress qdisc".into(), Object::Qdisc("ingress"))
+            })
+            .is_ok();
+        let parent = handle(0xffff, 0);
+        let mut try_filter = |kind: &'static str, m: Message| -> Support {
+            if !ingress_ok {
+                return Err("untested: no ingress qdisc to attach a filter to".into());
+            }
+            let r = rt.request(m, &|| (format!("add {kind} filter"), Object::Filter(kind)));
+            let _ = rt.request(tc::delete_filters(lo, parent, 1, ETH_P_IP), &|| {
+                (String::new(), Object::Other)
+            });
+            r.map_err(|e| e.to_string())
+        };
+        features.push((
+            "fw",
+            try_filter(fw::KIND, fw::add(lo, parent, 1, ETH_P_IP, 1, handle(1, 4))),
+        ));
+        features.push((
+            "u32",
+            try_filter(
+                u32::KIND,
+                u32::add(
+                    lo,
+                    parent,
+                    1,
+                    ETH_P_IP,
+                    &u32::syn_keys_v4(None),
+                    handle(1, 4),
+                ),
+            ),
+        ));
+
+        let nf = Socket::netfilter().and_then(|mut nf| {
+            nf.batch(
+                nft::batch(nft::install(Family::Ipv4, None, 1)),
+                nft::get_gen(),
+                &|_| ("install an nf_tables route chain".into(), Object::NfTables),
+            )
+        });
+        features.push(("nf_tables", nf.map_err(|e| e.to_string())));
+        Ok(Probe { features })
+    });
+    t.join()
+        .map_err(|_| Error::Protocol("the probe thread panicked".into()))?
+}
+
+/// `tc qdisc add dev D ingress`.
+fn ingress(ifindex: i32) -> Message {
+    tc::qdisc(
+        tc::RTM_NEWQDISC,
+        tc::ADD,
+        ifindex,
+        handle(0xffff, 0),
+        0xFFFF_FFF1,
+        "ingress",
+    )
+}

@@ -1,0 +1,56 @@
+//! Whether the plug is buffering, recorded by whoever toggled it last. The
+//! kernel never reports a plug's state, so `qdisc status` reads it from here.
+//!
+//! The record is a file named after the network namespace and device, under
+//! the first writable of `/run/reuse-plug`, `$XDG_RUNTIME_DIR/reuse-plug`
+//! and `/tmp/reuse-plug-<uid>`: present while buffering, absent once
+//! released. Recording is best effort and never fails a plug or a release.
+
+use std::path::PathBuf;
+
+fn dirs() -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from("/run/reuse-plug")];
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
+        v.push(PathBuf::from(x).join("reuse-plug"));
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    v.push(PathBuf::from(format!("/tmp/reuse-plug-{}", unsafe {
+        libc::getuid()
+    })));
+    v
+}
+
+fn file_name(dev: &str) -> String {
+    format!("{}-{dev}.buffering", crate::sys::netns_id())
+}
+
+/// Records the plug on `dev` as buffering or released.
+pub fn record(dev: &str, buffering: bool) {
+    let name = file_name(dev);
+    for dir in dirs() {
+        let path = dir.join(&name);
+        if buffering {
+            if std::fs::create_dir_all(&dir).is_ok()
+                && std::fs::write(&path, format!("pid {}\n", std::process::id())).is_ok()
+            {
+                return;
+            }
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// `Some(true)` if a record says buffering; `Some(false)` if a record
+/// directory exists without one; `None` if nothing was ever recorded here.
+pub fn recorded(dev: &str) -> Option<bool> {
+    let name = file_name(dev);
+    let mut seen_dir = false;
+    for dir in dirs() {
+        if dir.join(&name).exists() {
+            return Some(true);
+        }
+        seen_dir |= dir.is_dir();
+    }
+    seen_dir.then_some(false)
+}

@@ -1,0 +1,95 @@
+//! `u32`: a classifier that matches TCP SYN-without-ACK itself, with no
+//! netfilter at all.
+//!
+//! Equivalent (IPv4, any source) to `tc filter add dev D parent 1: protocol
+//! ip prio 1 u32 match u32 0x00060000 0x00ff0000 at 8 match u32 0x05000000
+//! 0x0f000000 at 0 match u32 0x00020000 0x00120000 at 32 flowid 1:4`.
+//! Offsets count from the network header, so the same filter works on egress
+//! and on an ifb device fed from ingress.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::{filter, TCA_OPTIONS};
+use crate::wire::Message;
+
+pub const KIND: &str = "u32";
+const TCA_U32_CLASSID: u16 = 1;
+const TCA_U32_SEL: u16 = 5;
+/// `tc_u32_sel.flags`: a match ends classification.
+const TC_U32_TERMINAL: u8 = 1;
+
+/// One `match u32 VALUE MASK at OFF`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    pub mask: u32,
+    pub value: u32,
+    pub off: i32,
+}
+
+const fn key(value: u32, mask: u32, off: i32) -> Key {
+    Key { mask, value, off }
+}
+
+/// TCP flags: SYN set and ACK clear (the byte at TCP header + 13).
+const SYN_NOT_ACK: (u32, u32) = (0x0002_0000, 0x0012_0000);
+
+/// IPv4 without options: protocol TCP, IHL 5, SYN without ACK, optionally a source.
+pub fn syn_keys_v4(source: Option<Ipv4Addr>) -> Vec<Key> {
+    let mut keys = vec![
+        key(0x0006_0000, 0x00ff_0000, 8),
+        key(0x0500_0000, 0x0f00_0000, 0),
+        key(SYN_NOT_ACK.0, SYN_NOT_ACK.1, 32),
+    ];
+    if let Some(src) = source {
+        keys.push(key(u32::from(src), 0xffff_ffff, 12));
+    }
+    keys
+}
+
+/// IPv6 without extension headers: next header TCP, SYN without ACK,
+/// optionally a source.
+pub fn syn_keys_v6(source: Option<Ipv6Addr>) -> Vec<Key> {
+    let mut keys = vec![
+        key(0x0000_0600, 0x0000_ff00, 4),
+        key(SYN_NOT_ACK.0, SYN_NOT_ACK.1, 52),
+    ];
+    if let Some(src) = source {
+        for (i, word) in src.octets().chunks(4).enumerate() {
+            let w = u32::from_be_bytes(word.try_into().unwrap());
+            keys.push(key(w, 0xffff_ffff, 8 + 4 * i as i32));
+        }
+    }
+    keys
+}
+
+/// A u32 filter in the root hash table; the kernel picks its handle.
+pub fn add(
+    ifindex: i32,
+    parent: u32,
+    prio: u16,
+    protocol: u16,
+    keys: &[Key],
+    classid: u32,
+) -> Message {
+    let mut m = filter(ifindex, 0, parent, prio, protocol, KIND);
+    m.nest(TCA_OPTIONS, |m| {
+        m.attr(TCA_U32_CLASSID, &classid.to_ne_bytes());
+        m.attr(TCA_U32_SEL, &selector(keys));
+    });
+    m
+}
+
+/// `struct tc_u32_sel` (16 bytes) then one `struct tc_u32_key` (16 bytes)
+/// per key: mask and value in network order, offsets in host order.
+fn selector(keys: &[Key]) -> Vec<u8> {
+    let mut b = vec![0u8; 16];
+    b[0] = TC_U32_TERMINAL;
+    b[2] = keys.len() as u8;
+    for k in keys {
+        b.extend_from_slice(&k.mask.to_be_bytes());
+        b.extend_from_slice(&k.value.to_be_bytes());
+        b.extend_from_slice(&k.off.to_ne_bytes());
+        b.extend_from_slice(&0i32.to_ne_bytes());
+    }
+    b
+}

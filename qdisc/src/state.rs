@@ -27,6 +27,7 @@ fn file_name(dev: &str) -> String {
 /// Records the plug on `dev` as buffering or released.
 pub fn record(dev: &str, buffering: bool) {
     let name = file_name(dev);
+    let mut have_dir = false;
     for dir in dirs() {
         let path = dir.join(&name);
         if buffering {
@@ -37,6 +38,9 @@ pub fn record(dev: &str, buffering: bool) {
             }
         } else {
             let _ = std::fs::remove_file(&path);
+            // A record directory without a file says "released" (rather
+            // than "never recorded").
+            have_dir = have_dir || std::fs::create_dir_all(&dir).is_ok();
         }
     }
 }

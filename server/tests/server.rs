@@ -10,7 +10,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use testkit::load::{self, Outcome};
+use loadgen::{self as load, Outcome};
 use testkit::proc::Proc;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_reuse-server");

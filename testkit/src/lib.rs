@@ -2,12 +2,9 @@
 //!
 //! - [`netns`]: run a closure in a private network namespace with `lo` up,
 //!   so tests never touch the host's interfaces.
-//! - [`load`]: a real HTTP/1.1 client that opens a new TCP connection per
-//!   request (like `ab` without `-k`) and classifies every failure.
 //! - [`proc`]: a child process whose stderr lines a test can wait for.
 //! - [`skip`]: say why a test cannot run; fail instead when CI demands it.
 
-pub mod load;
 pub mod netns;
 pub mod proc;
 

@@ -32,6 +32,9 @@ pub const MODULES: &[&str] = &[
     "ifb",
     "veth",
     "nf_tables",
+    // libcrc32c (an nf_tables dependency) asks the crypto API for "crc32c",
+    // which autoloads an implementation by alias: ship the generic one.
+    "crc32c_generic",
 ];
 
 /// Host tools copied in for cross-checks, at `/usr/sbin/<name>`. Call them by

@@ -102,3 +102,8 @@ fn harness_reports_a_hang_within_its_timeout() {
         assert!(start.elapsed() < Duration::from_secs(300));
     }
 }
+
+#[test]
+fn guest_qdisc_tree_plug_and_release() {
+    scenario("qdisc-tree");
+}

@@ -1,4 +1,4 @@
-//! A real HTTP/1.1 load client: a new TCP connection per request, `c`
+//! `loadgen`: a real HTTP/1.1 load client: a new TCP connection per request, `c`
 //! requests at a time, every failure classified. The seed measured with `ab`
 //! in this mode; each request exercises the SYN path a reload disturbs.
 

@@ -107,3 +107,8 @@ fn harness_reports_a_hang_within_its_timeout() {
 fn guest_qdisc_tree_plug_and_release() {
     scenario("qdisc-tree");
 }
+
+#[test]
+fn guest_qdisc_setup_rolls_back_half_way_failures() {
+    scenario("qdisc-rollback");
+}

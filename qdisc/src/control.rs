@@ -14,6 +14,7 @@ pub struct Plug {
     ifindex: i32,
     dev: String,
     buffering: bool,
+    record: crate::state::Record,
 }
 
 impl Plug {
@@ -24,6 +25,7 @@ impl Plug {
             rt: Socket::route()?,
             dev: dev.to_owned(),
             buffering: false,
+            record: crate::state::Record::for_dev(dev),
         })
     }
 
@@ -54,9 +56,14 @@ impl Plug {
 
     /// Starts holding every packet that reaches band 4 (new-connection SYNs).
     pub fn buffer(&mut self) -> Result<()> {
-        self.act(Action::Buffer)?;
+        // Recorded before, and cleared after, the kernel's change: the record
+        // costs file operations that must not lengthen the plug window.
+        self.record.set(true);
+        if let Err(e) = self.act(Action::Buffer) {
+            self.record.set(self.buffering);
+            return Err(e);
+        }
         self.buffering = true;
-        crate::state::record(&self.dev, true);
         Ok(())
     }
 
@@ -64,7 +71,7 @@ impl Plug {
     pub fn release(&mut self) -> Result<()> {
         self.act(Action::ReleaseIndefinite)?;
         self.buffering = false;
-        crate::state::record(&self.dev, false);
+        self.record.set(false);
         Ok(())
     }
 

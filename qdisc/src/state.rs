@@ -1,10 +1,10 @@
 //! Whether the plug is buffering, recorded by whoever toggled it last. The
 //! kernel never reports a plug's state, so `qdisc status` reads it from here.
 //!
-//! The record is a file named after the network namespace and device, under
-//! the first writable of `/run/reuse-plug`, `$XDG_RUNTIME_DIR/reuse-plug`
-//! and `/tmp/reuse-plug-<uid>`: present while buffering, absent once
-//! released. Recording is best effort and never fails a plug or a release.
+//! The record is a file named after the network namespace and device, in
+//! the first usable of `/run/reuse-plug`, `$XDG_RUNTIME_DIR/reuse-plug` and
+//! `/tmp/reuse-plug-<uid>`: present while buffering, absent once released.
+//! Recording is best effort and never fails a plug or a release.
 
 use std::path::PathBuf;
 
@@ -24,23 +24,31 @@ fn file_name(dev: &str) -> String {
     format!("{}-{dev}.buffering", crate::sys::netns_id())
 }
 
-/// Records the plug on `dev` as buffering or released.
-pub fn record(dev: &str, buffering: bool) {
-    let name = file_name(dev);
-    let mut have_dir = false;
-    for dir in dirs() {
-        let path = dir.join(&name);
+/// The record for one device, its location found once, so each toggle costs
+/// one file operation.
+#[derive(Debug, Clone)]
+pub struct Record {
+    path: Option<PathBuf>,
+}
+
+impl Record {
+    /// Finds (creating if needed) the first usable record directory.
+    pub fn for_dev(dev: &str) -> Record {
+        let name = file_name(dev);
+        let path = dirs()
+            .into_iter()
+            .find(|d| std::fs::create_dir_all(d).is_ok())
+            .map(|d| d.join(name));
+        Record { path }
+    }
+
+    /// Records the plug as buffering or released.
+    pub fn set(&self, buffering: bool) {
+        let Some(path) = &self.path else { return };
         if buffering {
-            if std::fs::create_dir_all(&dir).is_ok()
-                && std::fs::write(&path, format!("pid {}\n", std::process::id())).is_ok()
-            {
-                return;
-            }
+            let _ = std::fs::File::create(path);
         } else {
-            let _ = std::fs::remove_file(&path);
-            // A record directory without a file says "released" (rather
-            // than "never recorded").
-            have_dir = have_dir || std::fs::create_dir_all(&dir).is_ok();
+            let _ = std::fs::remove_file(path);
         }
     }
 }

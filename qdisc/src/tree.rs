@@ -291,7 +291,7 @@ fn build(
                 )
             },
         )?;
-        crate::state::record(dev, false);
+        crate::state::Record::for_dev(dev).set(false);
     }
 
     let kind = cfg.classifier.kind();
@@ -459,7 +459,7 @@ pub fn teardown(dev: &str) -> Result<()> {
             )
         })?;
     }
-    crate::state::record(dev, false);
+    crate::state::Record::for_dev(dev).set(false);
     match Socket::netfilter() {
         Ok(mut nf) => {
             for f in [Family::Ipv4, Family::Ipv6] {

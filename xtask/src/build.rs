@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use crate::exec::run_visible;
 
 /// The binaries the guest gets on PATH.
-pub const BINARIES: &[&str] = &["reuse-server", "qdisc", "reloader", "loadgen"];
+pub const BINARIES: &[&str] = &["reuse-server", "qdisc", "reloader", "loadgen", "plug-bench"];
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
@@ -27,8 +27,6 @@ pub fn static_binaries(root: &Path) -> Result<Vec<PathBuf>> {
                 "--release",
                 "--workspace",
                 "--bins",
-                "--exclude",
-                "xtask",
                 "--target",
                 TARGET,
             ])

@@ -4,6 +4,7 @@
 //! - [`provision`]: host packages and the Debian kernel, found or installed.
 //! - [`initramfs`]: the guest's root file system; [`cpio`] packs it.
 //! - [`build`]: static builds of the project's binaries for the guest.
+//! - [`tasks`]: `setup-qdiscs`, `bench-plug`.
 //! - [`exec`]: running external tools with errors that name the command.
 
 pub mod build;
@@ -11,6 +12,7 @@ pub mod cpio;
 pub mod exec;
 pub mod initramfs;
 pub mod provision;
+pub mod tasks;
 pub mod vm;
 
 use std::path::PathBuf;

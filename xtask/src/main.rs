@@ -5,7 +5,11 @@ use std::process::ExitCode;
 
 const TASKS: &str = "tasks:
   vm [--timeout SECS] [--kernel VMLINUZ --modules DIR] -- COMMAND [ARGS...]
-                boot a kernel with sch_plug under qemu and run COMMAND in it";
+                boot a kernel with sch_plug under qemu and run COMMAND in it
+  setup-qdiscs [--dev lo] [--classifier fw|u32] [--limit BYTES] [--source ADDR|any]...
+                build `qdisc` and run `qdisc setup` (through sudo when not root)
+  bench-plug [--iterations N] [--spawns N]
+                median plug+release cost in-process vs spawning tc, host and VM";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -13,6 +17,8 @@ fn main() -> ExitCode {
         Some("vm") => {
             xtask::vm::main(&args[1..]).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
         }
+        Some("setup-qdiscs") => xtask::tasks::setup_qdiscs(&args[1..]).map(|()| ExitCode::SUCCESS),
+        Some("bench-plug") => xtask::tasks::bench_plug(&args[1..]).map(|()| ExitCode::SUCCESS),
         Some(other) => Err(anyhow::anyhow!("unknown task {other:?}\n{TASKS}")),
         None => Err(anyhow::anyhow!("usage: cargo xtask <task>\n{TASKS}")),
     };

@@ -1,6 +1,267 @@
-//! `reloader`: the supervisor (issue #5; not built yet).
+//! `reloader`: zero-downtime reloads of a SO_REUSEPORT server. Parse,
+//! restrict privileges (before any thread exists), then supervise.
 
-fn main() {
-    eprintln!("reloader: not built yet (see issue #5)");
-    std::process::exit(2);
+mod control;
+mod generation;
+mod health;
+mod listeners;
+mod notify;
+mod privs;
+mod supervisor;
+mod swap;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use qdisc::{Classifier, Config, Plug};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::supervisor::{log, Options, Supervisor};
+use crate::swap::{NoSwap, PlugSwap, Swap};
+
+/// Replace a SO_REUSEPORT server with a new generation without a failed
+/// request. Needs CAP_NET_ADMIN (`sudo setcap cap_net_admin+ep reloader`),
+/// not root; the servers it starts get no capabilities.
+#[derive(Parser, Debug)]
+#[command(name = "reloader", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start COMMAND and keep one healthy generation serving; reload on
+    /// SIGHUP, on `reloader reload`, or every --every.
+    Run(RunArgs),
+    /// Ask the running supervisor to reload; exits 0 when the new server
+    /// took over, 1 with the reason when it rolled back.
+    Reload {
+        /// The supervisor's control socket.
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// The server's address: the port whose listeners are watched, and where
+    /// the default check sends `GET /` expecting the new server's PID.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    addr: SocketAddr,
+    /// Check this URL instead (http://IP:PORT/PATH must answer 2xx, from the
+    /// new server when the response has `x-server-pid`).
+    #[arg(long, value_name = "URL")]
+    health: Option<String>,
+    /// How long a new server may take to listen and pass its check.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    ready_timeout: Duration,
+    /// How long an old server may take to drain before SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Reload continuously at this interval (for benchmarks and soak tests).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    every: Option<Duration>,
+    /// plug: hold new connections in the plug qdisc while the listener set
+    /// changes. none: no protection (start new, SIGTERM old), for comparison
+    /// only: connections can fail.
+    #[arg(long, value_enum, default_value = "plug")]
+    strategy: Strategy,
+    /// Device of the plug tree.
+    #[arg(long, default_value = "lo")]
+    dev: String,
+    /// Classifier used when the tree has to be set up (fw or u32).
+    #[arg(long, default_value = "fw")]
+    classifier: Classifier,
+    /// Refuse to start when the plug tree is missing instead of setting it up.
+    #[arg(long)]
+    no_setup: bool,
+    /// Control socket for `reloader reload`.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// The server command and its arguments (run directly, no shell).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Strategy {
+    Plug,
+    None,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: want a duration like 100ms, 2s or 1m"))?;
+    let secs = match unit {
+        "ms" => n / 1e3,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m)")),
+    };
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(format!("{s:?}: not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Reload { control } => {
+            let path = control.unwrap_or_else(control::default_path);
+            match control::request_reload(&path) {
+                Ok(msg) => {
+                    println!("{msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    eprintln!("reloader: {why}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Run(args) => {
+            // Capability sets are per thread: restrict before the runtime exists.
+            let restricted = match args.strategy {
+                Strategy::Plug => privs::restrict_to_net_admin(),
+                Strategy::None => {
+                    privs::drop_all();
+                    Ok(())
+                }
+            };
+            if let Err(e) = restricted {
+                eprintln!("reloader: error: {e}");
+                return ExitCode::from(2);
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match rt
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(run(args)))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("reloader: error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Makes sure the plug tree is there (setting it up unless told not to) and
+/// releases a plug a killed predecessor may have left buffering.
+fn prepare_plug(args: &RunArgs) -> Result<Plug, String> {
+    let status = qdisc::status(&args.dev).map_err(|e| e.to_string())?;
+    if !status.complete() {
+        if args.no_setup {
+            return Err(format!(
+                "the plug tree is missing or incomplete on {}: run `qdisc setup --dev {}`, or drop --no-setup",
+                args.dev, args.dev
+            ));
+        }
+        qdisc::setup(&Config {
+            dev: args.dev.clone(),
+            classifier: args.classifier,
+            ..Config::default()
+        })
+        .map_err(|e| format!("setting up the plug tree: {e}"))?;
+        log(&format!(
+            "set up the plug tree on {} (classifier {})",
+            args.dev,
+            args.classifier.kind()
+        ));
+    }
+    let mut plug = Plug::open(&args.dev).map_err(|e| e.to_string())?;
+    // A reloader killed mid-reload leaves the plug buffering; nobody else
+    // would release it.
+    let was = qdisc::status(&args.dev).ok().and_then(|s| s.buffering);
+    plug.release().map_err(|e| e.to_string())?;
+    if was == Some(true) {
+        log("released a plug left buffering by an earlier reloader");
+    }
+    Ok(plug)
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let swap: Box<dyn Swap> = match args.strategy {
+        Strategy::Plug => Box::new(PlugSwap::new(prepare_plug(&args)?)),
+        Strategy::None => Box::new(NoSwap),
+    };
+    let check = match &args.health {
+        Some(url) => health::Check::from_url(url)?,
+        None => health::Check::Pid(args.addr),
+    };
+    let control_path = args.control.clone().unwrap_or_else(control::default_path);
+    let mut requests = control::serve(&control_path)
+        .map_err(|e| format!("control socket {}: {e}", control_path.display()))?;
+    let notify_path = PathBuf::from(format!("{}.notify", control_path.display()));
+    let notify = notify::Notify::bind(&notify_path)
+        .map_err(|e| format!("notify socket {}: {e}", notify_path.display()))?;
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+
+    let opts = Options {
+        command: args.command.clone(),
+        port: args.addr.port(),
+        check,
+        ready_timeout: args.ready_timeout,
+        drain_timeout: args.drain_timeout,
+    };
+    let mut sup = Supervisor::start(opts, swap, notify).await?;
+    log(&format!(
+        "serving; strategy {:?}; reload with SIGHUP or `reloader reload --control {}`",
+        args.strategy,
+        control_path.display()
+    ));
+    let mut every = args
+        .every
+        .map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
+    if let Some(i) = every.as_mut() {
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let result = loop {
+        let reply = tokio::select! {
+            _ = term.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
+            status = sup.current.child.wait() => {
+                break Err(format!("server PID {} exited on its own ({})", sup.current.pid,
+                    status.map_or("unknown status".into(), |s| s.to_string())));
+            }
+            _ = hup.recv() => None,
+            Some(reply) = requests.recv() => Some(reply),
+            _ = async { every.as_mut().unwrap().tick().await }, if every.is_some() => None,
+        };
+        let outcome = sup.reload().await;
+        match &outcome {
+            Ok(line) => {
+                ok += 1;
+                log(line);
+            }
+            Err(line) => {
+                failed += 1;
+                log(line);
+            }
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
+        }
+    };
+    sup.shutdown().await;
+    let _ = std::fs::remove_file(&control_path);
+    let _ = std::fs::remove_file(&notify_path);
+    log(&format!(
+        "exit: {ok} reloads succeeded, {failed} rolled back"
+    ));
+    result
 }

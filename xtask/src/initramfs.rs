@@ -32,6 +32,9 @@ pub const MODULES: &[&str] = &[
     "ifb",
     "veth",
     "nf_tables",
+    // sock_diag for TCP (what `ss` and the reloader use to see listeners).
+    "tcp_diag",
+    "inet_diag",
     // libcrc32c (an nf_tables dependency) asks the crypto API for "crc32c",
     // which autoloads an implementation by alias: ship the generic one.
     "crc32c_generic",

@@ -1,0 +1,89 @@
+//! Is the new generation serving? One HTTP/1.1 GET on a fresh connection.
+//!
+//! Default check (as the seed): `GET /` on the server's address answers 200
+//! with the new server's PID as the body. With `--health URL`, the URL must
+//! answer 2xx, and when the response names its server (`x-server-pid`),
+//! that must be the new one: with SO_REUSEPORT the old server may answer.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Debug, Clone)]
+pub enum Check {
+    /// `GET /` on this address must be answered by the new PID.
+    Pid(SocketAddr),
+    /// `GET path` on this address must answer 2xx (from the new PID, if it says).
+    Url { addr: SocketAddr, path: String },
+}
+
+impl Check {
+    /// Parses `http://IP:PORT/path`.
+    pub fn from_url(url: &str) -> Result<Check, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("--health {url:?}: want http://IP:PORT/PATH"))?;
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let addr = host.parse().map_err(|_| {
+            format!("--health {url:?}: {host:?} is not IP:PORT (use [::1]:PORT for IPv6)")
+        })?;
+        Ok(Check::Url {
+            addr,
+            path: path.to_owned(),
+        })
+    }
+
+    /// One attempt: `Ok(())` when it passes, otherwise why not.
+    pub async fn once(&self, pid: u32, timeout: Duration) -> Result<(), String> {
+        let (addr, path) = match self {
+            Check::Pid(a) => (*a, "/"),
+            Check::Url { addr, path } => (*addr, path.as_str()),
+        };
+        let (status, pid_header, body) = tokio::time::timeout(timeout, get(addr, path))
+            .await
+            .map_err(|_| format!("GET http://{addr}{path}: no answer within {timeout:?}"))?
+            .map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
+        match self {
+            Check::Pid(_) if status == 200 && body.trim() == pid.to_string() => Ok(()),
+            Check::Pid(_) => Err(format!(
+                "GET http://{addr}/ answered {status} {:?}, not PID {pid}",
+                body.trim()
+            )),
+            Check::Url { .. } if !(200..300).contains(&status) => {
+                Err(format!("GET http://{addr}{path} answered {status}"))
+            }
+            Check::Url { .. } => match pid_header {
+                Some(p) if p != pid => Err(format!("answered by PID {p}, not the new {pid}")),
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Option<u32>, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let pid = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("x-server-pid")
+            .then(|| v.trim().parse().ok())?
+    });
+    Ok((status, pid, body.to_owned()))
+}

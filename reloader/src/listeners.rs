@@ -1,0 +1,65 @@
+//! Which TCP sockets listen on a port, asked of the kernel with sock_diag
+//! (the netlink interface `ss` uses). Each listener is known by its inode,
+//! so the supervisor can tell "the new server's listener joined the
+//! SO_REUSEPORT group" and "the old server's listener left it" without
+//! guessing or sleeping.
+
+use std::collections::BTreeSet;
+
+use qdisc::error::{Object, Result};
+use qdisc::socket::Socket;
+use qdisc::wire::{Message, NLM_F_DUMP, NLM_F_REQUEST};
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const TCP_LISTEN: u32 = 10;
+
+/// `struct inet_diag_req_v2` (56 bytes) asking for TCP listeners of one family.
+fn request(family: u8) -> Message {
+    let mut m = Message::new(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP);
+    let mut req = [0u8; 56];
+    req[0] = family;
+    req[1] = libc::IPPROTO_TCP as u8;
+    req[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    m.raw(&req);
+    m
+}
+
+/// Reads (local port, inode) from a `struct inet_diag_msg`.
+fn parse(payload: &[u8]) -> Option<(u16, u32)> {
+    // family, state, timer, retrans (4); id: sport, dport (big-endian), ... (48);
+    // expires, rqueue, wqueue, uid, inode (u32 each).
+    let sport = u16::from_be_bytes(payload.get(4..6)?.try_into().ok()?);
+    let inode = u32::from_ne_bytes(payload.get(68..72)?.try_into().ok()?);
+    Some((sport, inode))
+}
+
+/// A sock_diag socket, reused for every query.
+pub struct Listeners {
+    sock: Socket,
+}
+
+impl Listeners {
+    pub fn open() -> Result<Listeners> {
+        Ok(Listeners {
+            sock: Socket::sock_diag()?,
+        })
+    }
+
+    /// Inodes of the TCP sockets listening on `port` (IPv4 and IPv6).
+    pub fn on_port(&mut self, port: u16) -> Result<BTreeSet<u32>> {
+        let mut out = BTreeSet::new();
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            let replies = self.sock.dump(request(family), &|| {
+                ("list TCP listeners (sock_diag)".into(), Object::Other)
+            })?;
+            out.extend(
+                replies
+                    .iter()
+                    .filter_map(|p| parse(p))
+                    .filter(|(sport, _)| *sport == port)
+                    .map(|(_, inode)| inode),
+            );
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,76 @@
+//! How new connections are protected while the SO_REUSEPORT group changes.
+//! The supervisor calls `hold` just before a group change (a new server
+//! binds, an old one closes) and `release` right after the kernel shows it
+//! happened. A strategy is one value behind this trait; socket handoff and
+//! `tcp_migrate_req` strategies fit the same place.
+
+use std::time::{Duration, Instant};
+
+use qdisc::Plug;
+
+pub trait Swap {
+    fn name(&self) -> &'static str;
+    /// New connections must wait from now on.
+    fn hold(&mut self) -> Result<(), String>;
+    /// New connections may proceed; returns how long they were held.
+    fn release(&mut self) -> Result<Option<Duration>, String>;
+    /// Best effort release for error and exit paths; never fails.
+    fn release_quietly(&mut self) {
+        let _ = self.release();
+    }
+}
+
+/// The plug qdisc: SYNs wait in `40:` while held. Dropping it releases.
+pub struct PlugSwap {
+    plug: Plug,
+    since: Option<Instant>,
+}
+
+impl PlugSwap {
+    pub fn new(plug: Plug) -> PlugSwap {
+        PlugSwap { plug, since: None }
+    }
+}
+
+impl Swap for PlugSwap {
+    fn name(&self) -> &'static str {
+        "plug"
+    }
+
+    fn hold(&mut self) -> Result<(), String> {
+        self.plug.buffer().map_err(|e| e.to_string())?;
+        self.since = Some(Instant::now());
+        Ok(())
+    }
+
+    fn release(&mut self) -> Result<Option<Duration>, String> {
+        self.plug.release().map_err(|e| e.to_string())?;
+        Ok(self.since.take().map(|t| t.elapsed()))
+    }
+}
+
+impl Drop for PlugSwap {
+    fn drop(&mut self) {
+        if self.plug.is_buffering() {
+            let _ = self.plug.release();
+        }
+    }
+}
+
+/// No protection at all: start the new server, SIGTERM the old. For
+/// comparison only; connections can fail while the group changes.
+pub struct NoSwap;
+
+impl Swap for NoSwap {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    fn hold(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn release(&mut self) -> Result<Option<Duration>, String> {
+        Ok(None)
+    }
+}

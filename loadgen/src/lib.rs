@@ -16,6 +16,8 @@ pub enum Outcome {
     Ok(u32),
     Refused,
     Reset,
+    /// The server closed the connection without answering.
+    Closed,
     Timeout,
     BadStatus(u16),
     Other(String),
@@ -28,6 +30,7 @@ impl Outcome {
             Outcome::Ok(_) => "ok",
             Outcome::Refused => "refused",
             Outcome::Reset => "reset",
+            Outcome::Closed => "closed",
             Outcome::Timeout => "timeout",
             Outcome::BadStatus(_) => "bad-status",
             Outcome::Other(_) => "other",
@@ -37,27 +40,41 @@ impl Outcome {
 
 /// One request on a fresh connection: `GET path`, `Connection: close`.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Outcome {
+    get_detailed(addr, path, timeout).0
+}
+
+/// Like [`get`], with the error's text (which step failed, and how).
+pub fn get_detailed(addr: SocketAddr, path: &str, timeout: Duration) -> (Outcome, Option<String>) {
     match try_get(addr, path, timeout) {
         Ok((200, body)) => match body.trim().parse() {
-            Ok(pid) => Outcome::Ok(pid),
-            Err(_) => Outcome::Other(format!("200 with a body that is not a PID: {body:?}")),
+            Ok(pid) => (Outcome::Ok(pid), None),
+            Err(_) => (
+                Outcome::Other(format!("200 with a body that is not a PID: {body:?}")),
+                None,
+            ),
         },
-        Ok((status, _)) => Outcome::BadStatus(status),
-        Err(e) => classify(&e),
+        Ok((status, _)) => (Outcome::BadStatus(status), None),
+        Err(e) => (classify(&e), Some(e.to_string())),
     }
+}
+
+/// Names the step of a request an error happened in, keeping its kind.
+fn at(step: &'static str) -> impl Fn(io::Error) -> io::Error {
+    move |e| io::Error::new(e.kind(), format!("{step}: {e}"))
 }
 
 /// Sends one request and returns the status and body.
 pub fn try_get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(at("connect"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    )
+    .map_err(at("write"))?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    stream.read_to_end(&mut raw).map_err(at("read"))?;
     parse_response(&raw)
 }
 
@@ -87,8 +104,8 @@ fn classify(e: &io::Error) -> Outcome {
         io::ErrorKind::ConnectionRefused => Outcome::Refused,
         io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::BrokenPipe
-        | io::ErrorKind::UnexpectedEof => Outcome::Reset,
+        | io::ErrorKind::BrokenPipe => Outcome::Reset,
+        io::ErrorKind::UnexpectedEof => Outcome::Closed,
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Outcome::Timeout,
         _ => Outcome::Other(e.to_string()),
     }
@@ -157,7 +174,7 @@ pub fn run(opts: &Options) -> Report {
             let (next, report, opts) = (next.clone(), report.clone(), opts.clone());
             std::thread::spawn(move || {
                 while next.fetch_add(1, Ordering::Relaxed) < opts.requests {
-                    let outcome = get(opts.addr, &opts.path, opts.timeout);
+                    let (outcome, detail) = get_detailed(opts.addr, &opts.path, opts.timeout);
                     let mut r = report.lock().unwrap();
                     match outcome {
                         Outcome::Ok(pid) => {
@@ -167,7 +184,11 @@ pub fn run(opts: &Options) -> Report {
                         failure => {
                             *r.failures.entry(failure.kind()).or_default() += 1;
                             if r.examples.len() < 5 {
-                                r.examples.push(format!("{failure:?}"));
+                                let at_ms = start.elapsed().as_millis();
+                                r.examples.push(format!(
+                                    "{failure:?} at {at_ms} ms: {}",
+                                    detail.unwrap_or_default()
+                                ));
                             }
                         }
                     }

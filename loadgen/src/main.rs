@@ -68,6 +68,9 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
                 r.pids,
                 r.elapsed.as_millis()
             );
+            for e in &r.examples {
+                println!("example failure: {e}");
+            }
             Ok(if r.failed() == 0 {
                 ExitCode::SUCCESS
             } else {

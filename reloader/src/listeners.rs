@@ -12,14 +12,18 @@ use qdisc::wire::{Message, NLM_F_DUMP, NLM_F_REQUEST};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const TCP_LISTEN: u32 = 10;
+/// A request socket: a SYN was answered, the handshake's last ACK has not
+/// arrived (SYN_RECV).
+const TCP_NEW_SYN_RECV: u32 = 12;
 
-/// `struct inet_diag_req_v2` (56 bytes) asking for TCP listeners of one family.
-fn request(family: u8) -> Message {
+/// `struct inet_diag_req_v2` (56 bytes) asking for TCP sockets of one
+/// family in the given states.
+fn request(family: u8, state: u32) -> Message {
     let mut m = Message::new(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP);
     let mut req = [0u8; 56];
     req[0] = family;
     req[1] = libc::IPPROTO_TCP as u8;
-    req[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    req[4..8].copy_from_slice(&(1u32 << state).to_ne_bytes());
     m.raw(&req);
     m
 }
@@ -47,17 +51,31 @@ impl Listeners {
 
     /// Inodes of the TCP sockets listening on `port` (IPv4 and IPv6).
     pub fn on_port(&mut self, port: u16) -> Result<BTreeSet<u32>> {
-        let mut out = BTreeSet::new();
+        Ok(self
+            .query(port, TCP_LISTEN)?
+            .into_iter()
+            .map(|(_, inode)| inode)
+            .collect())
+    }
+
+    /// How many handshakes to `port` are half done (SYN answered, final ACK
+    /// not yet in). A listener closed now would drop them, and their
+    /// clients would be reset.
+    pub fn half_open(&mut self, port: u16) -> Result<usize> {
+        Ok(self.query(port, TCP_NEW_SYN_RECV)?.len())
+    }
+
+    fn query(&mut self, port: u16, state: u32) -> Result<Vec<(u16, u32)>> {
+        let mut out = Vec::new();
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            let replies = self.sock.dump(request(family), &|| {
-                ("list TCP listeners (sock_diag)".into(), Object::Other)
+            let replies = self.sock.dump(request(family, state), &|| {
+                ("list TCP sockets (sock_diag)".into(), Object::Other)
             })?;
             out.extend(
                 replies
                     .iter()
                     .filter_map(|p| parse(p))
-                    .filter(|(sport, _)| *sport == port)
-                    .map(|(_, inode)| inode),
+                    .filter(|(sport, _)| *sport == port),
             );
         }
         Ok(out)

@@ -24,6 +24,9 @@ use crate::swap::Swap;
 
 /// How often the kernel is asked about listeners while waiting on it.
 const POLL: Duration = Duration::from_millis(1);
+/// The longest we wait for half-open handshakes to complete before closing
+/// a listener (a client that never sends its ACK must not stall a reload).
+const HALF_OPEN_WAIT: Duration = Duration::from_millis(500);
 
 pub struct Options {
     pub command: Vec<String>,
@@ -207,6 +210,22 @@ impl Supervisor {
         }
     }
 
+    /// Waits (briefly: handshakes on one host take microseconds) until no
+    /// handshake to our port is half done, as sock_diag reports it.
+    async fn wait_no_half_open(&mut self) {
+        let port = self.opts.port;
+        let Some(l) = self.listeners.as_mut() else {
+            return;
+        };
+        let end = Instant::now() + HALF_OPEN_WAIT;
+        while Instant::now() < end {
+            match l.half_open(port) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+
     /// Takes `gen` out of the group under protection and waits for it to exit.
     /// Returns (hold time, drain time, killed).
     async fn retire(
@@ -221,6 +240,9 @@ impl Supervisor {
             return Ok((None, t.elapsed(), killed));
         }
         self.swap.hold()?;
+        // SYNs that passed before the hold may be half-way through their
+        // handshake with the old listener; closing it now would reset them.
+        self.wait_no_half_open().await;
         gen.signal(libc::SIGTERM);
         let left = self.wait_left(gen, self.opts.drain_timeout).await;
         if left.is_err() {

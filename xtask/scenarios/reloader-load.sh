@@ -1,0 +1,35 @@
+# Constant reloading under load: `reloader run --every 100ms` while loadgen
+# sends REQUESTS requests, CONC at a time, each on a new TCP connection.
+# usage: reloader-load.sh STRATEGY CONC REQUESTS EXPECT   (EXPECT: zero|failures)
+set -u
+STRATEGY=$1 CONC=$2 REQUESTS=$3 EXPECT=$4
+fail() { echo "FAIL: $*"; tail -20 /tmp/reloader.log; exit 1; }
+
+reloader run --strategy "$STRATEGY" --every 100ms --drain-timeout 10s --control /tmp/r.sock -- reuse-server 2>/tmp/reloader.log &
+R=$!
+for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/reloader.log && break; sleep 0.1; done
+grep -q 'reloader: serving' /tmp/reloader.log || fail "reloader did not start"
+
+loadgen run 127.0.0.1:7000 -c "$CONC" -n "$REQUESTS" | tee /tmp/load.out
+kill -TERM $R
+wait $R
+rc=$?
+grep 'reload #' /tmp/reloader.log | head -3
+grep 'reload #' /tmp/reloader.log | tail -2
+ok=$(grep -c 'reload #[0-9]*: ok' /tmp/reloader.log)
+bad=$(grep -c 'reload #[0-9]*: rolled back' /tmp/reloader.log)
+echo "strategy=$STRATEGY c=$CONC: $ok reloads ok, $bad rolled back; reloader exit $rc"
+grep 'reloader: exit' /tmp/reloader.log
+[ "$rc" = 0 ] || fail "reloader exited $rc"
+[ "$ok" -ge 5 ] || fail "too few reloads during the load ($ok)"
+failed=$(sed -n 's/.* failed=\([0-9]*\) .*/\1/p' /tmp/load.out)
+case $EXPECT in
+  zero)
+    [ "$failed" = 0 ] || fail "$failed failed requests"
+    [ "$bad" = 0 ] || fail "$bad reloads rolled back"
+    ;;
+  failures)
+    [ "$failed" -gt 0 ] || fail "no failed requests without protection: the comparison has no teeth"
+    ;;
+esac
+echo "scenario: reloader-load $STRATEGY c=$CONC ok (failed requests: $failed)"

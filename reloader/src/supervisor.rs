@@ -27,6 +27,8 @@ const POLL: Duration = Duration::from_millis(1);
 /// The longest we wait for half-open handshakes to complete before closing
 /// a listener (a client that never sends its ACK must not stall a reload).
 const HALF_OPEN_WAIT: Duration = Duration::from_millis(500);
+/// Consecutive polls (POLL apart) that must see no half-open handshake.
+const SETTLE_POLLS: u32 = 5;
 
 pub struct Options {
     pub command: Vec<String>,
@@ -210,19 +212,22 @@ impl Supervisor {
         }
     }
 
-    /// Waits (briefly: handshakes on one host take microseconds) until no
-    /// handshake to our port is half done, as sock_diag reports it.
+    /// Waits until no handshake to our port is half done, as sock_diag
+    /// reports it, for SETTLE_POLLS polls in a row: a SYN that left the
+    /// plug just before the hold may still be on its way to the listener,
+    /// where it would become a half-open handshake the close would reset.
     async fn wait_no_half_open(&mut self) {
         let port = self.opts.port;
-        let Some(l) = self.listeners.as_mut() else {
-            return;
-        };
+        let Some(l) = self.listeners.as_mut() else { return };
         let end = Instant::now() + HALF_OPEN_WAIT;
-        while Instant::now() < end {
+        let mut quiet = 0;
+        while quiet < SETTLE_POLLS && Instant::now() < end {
             match l.half_open(port) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => tokio::time::sleep(POLL).await,
+                Ok(0) => quiet += 1,
+                Ok(_) => quiet = 0,
+                Err(_) => return,
             }
+            tokio::time::sleep(POLL).await;
         }
     }
 

@@ -130,6 +130,8 @@ pub struct Options {
     pub requests: usize,
     pub path: String,
     pub timeout: Duration,
+    /// Stop starting requests after this long, even if fewer than `requests` ran.
+    pub duration: Option<Duration>,
 }
 
 impl Options {
@@ -140,6 +142,7 @@ impl Options {
             requests,
             path: "/".into(),
             timeout: Duration::from_secs(10),
+            duration: None,
         }
     }
 }
@@ -173,7 +176,9 @@ pub fn run(opts: &Options) -> Report {
         .map(|_| {
             let (next, report, opts) = (next.clone(), report.clone(), opts.clone());
             std::thread::spawn(move || {
-                while next.fetch_add(1, Ordering::Relaxed) < opts.requests {
+                while next.fetch_add(1, Ordering::Relaxed) < opts.requests
+                    && opts.duration.is_none_or(|d| start.elapsed() < d)
+                {
                     let (outcome, detail) = get_detailed(opts.addr, &opts.path, opts.timeout);
                     let mut r = report.lock().unwrap();
                     match outcome {

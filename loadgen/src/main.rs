@@ -6,7 +6,8 @@ use std::time::Duration;
 
 const USAGE: &str = "usage:
   loadgen get ADDR [PATH]              one request on a new connection; prints the body
-  loadgen run ADDR [-c CONC] [-n REQS] REQS requests, CONC at a time, a new connection each";
+  loadgen run ADDR [-c CONC] [-n REQS] [-d SECS]
+                                       REQS requests (or for SECS), CONC at a time, a new connection each";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,13 +56,19 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
                 match flag.as_str() {
                     "-c" => opts.concurrency = v,
                     "-n" => opts.requests = v,
+                    "-d" => {
+                        opts.duration = Some(Duration::from_secs(v as u64));
+                        if !args.iter().any(|a| a == "-n") {
+                            opts.requests = usize::MAX;
+                        }
+                    }
                     other => return Err(format!("unknown option {other}")),
                 }
             }
             let r = loadgen::run(&opts);
             println!(
                 "requests={} ok={} failed={} failures={:?} pids={:?} elapsed_ms={}",
-                opts.requests,
+                r.ok + r.failed(),
                 r.ok,
                 r.failed(),
                 r.failures,

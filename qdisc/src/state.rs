@@ -37,7 +37,7 @@ impl Record {
         let name = file_name(dev);
         let path = dirs()
             .into_iter()
-            .find(|d| std::fs::create_dir_all(d).is_ok())
+            .find(|d| std::fs::create_dir_all(d).is_ok() && writable(d))
             .map(|d| d.join(name));
         Record { path }
     }
@@ -51,6 +51,15 @@ impl Record {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+fn writable(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
 }
 
 /// `Some(true)` if a record says buffering; `Some(false)` if a record

@@ -5,11 +5,11 @@
 //! answer 2xx, and when the response names its server (`x-server-pid`),
 //! that must be the new one: with SO_REUSEPORT the old server may answer.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 #[derive(Debug, Clone)]
 pub enum Check {
@@ -38,6 +38,15 @@ impl Check {
         })
     }
 
+    /// Whether the check's connections come from a source the default plug
+    /// does not hold, so the plug can stay closed while the check runs.
+    pub fn bypasses_default_plug(&self) -> bool {
+        let addr = match self {
+            Check::Pid(a) | Check::Url { addr: a, .. } => *a,
+        };
+        check_source(addr).is_some()
+    }
+
     /// One attempt: `Ok(())` when it passes, otherwise why not.
     pub async fn once(&self, pid: u32, timeout: Duration) -> Result<(), String> {
         let (addr, path) = match self {
@@ -50,6 +59,9 @@ impl Check {
             .map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
         match self {
             Check::Pid(_) if status == 200 && body.trim() == pid.to_string() => Ok(()),
+            Check::Pid(_) if pid_header == Some(pid) => Err(format!(
+                "the new server answered GET http://{addr}/ with {status}"
+            )),
             Check::Pid(_) => Err(format!(
                 "GET http://{addr}/ answered {status} {:?}, not PID {pid}",
                 body.trim()
@@ -65,8 +77,32 @@ impl Check {
     }
 }
 
+/// The source address health checks connect from: for an IPv4 loopback
+/// target, another loopback address (127.0.0.2), so a plug that holds SYNs
+/// from 127.0.0.1 (the default) does not hold the check itself.
+fn check_source(target: SocketAddr) -> Option<SocketAddr> {
+    match target.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => {
+            let src = if ip == Ipv4Addr::new(127, 0, 0, 2) {
+                Ipv4Addr::new(127, 0, 0, 3)
+            } else {
+                Ipv4Addr::new(127, 0, 0, 2)
+            };
+            Some(SocketAddr::new(IpAddr::V4(src), 0))
+        }
+        _ => None,
+    }
+}
+
 async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Option<u32>, String)> {
-    let mut s = TcpStream::connect(addr).await?;
+    let mut s = match check_source(addr) {
+        Some(src) => {
+            let sock = TcpSocket::new_v4()?;
+            sock.bind(src)?;
+            sock.connect(addr).await?
+        }
+        None => TcpStream::connect(addr).await?,
+    };
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )

@@ -218,7 +218,9 @@ impl Supervisor {
     /// where it would become a half-open handshake the close would reset.
     async fn wait_no_half_open(&mut self) {
         let port = self.opts.port;
-        let Some(l) = self.listeners.as_mut() else { return };
+        let Some(l) = self.listeners.as_mut() else {
+            return;
+        };
         let end = Instant::now() + HALF_OPEN_WAIT;
         let mut quiet = 0;
         while quiet < SETTLE_POLLS && Instant::now() < end {
@@ -296,7 +298,15 @@ impl Supervisor {
                 "reload #{number}: rolled back: {why}; PID {old_pid} keeps serving"
             ));
         }
-        let hold1 = self.swap.release()?;
+        // A new server gets client connections as soon as the plug opens.
+        // Keep it closed until the server has passed its check, so a server
+        // that fails it never serves a client (the check's own connections
+        // come from an address the plug lets through).
+        let hold_through_check = self.opts.check.bypasses_default_plug();
+        let mut hold1 = None;
+        if !hold_through_check {
+            hold1 = self.swap.release()?;
+        }
 
         let t_check = Instant::now();
         let healthy = {
@@ -313,6 +323,9 @@ impl Supervisor {
             ));
         }
         let check = t_check.elapsed();
+        if hold_through_check {
+            hold1 = self.swap.release()?;
+        }
 
         let mut old = std::mem::replace(&mut self.current, new);
         let (hold2, drain, killed) = self.retire(&mut old).await?;

@@ -38,6 +38,9 @@ impl Swap for PlugSwap {
     }
 
     fn hold(&mut self) -> Result<(), String> {
+        if self.since.is_some() {
+            return Ok(()); // already holding
+        }
         self.plug.buffer().map_err(|e| e.to_string())?;
         self.since = Some(Instant::now());
         Ok(())

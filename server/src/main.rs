@@ -27,6 +27,11 @@ struct Cli {
     /// cut, in seconds (fractions allowed).
     #[arg(long, value_name = "SECS", default_value = "30")]
     drain_timeout: f64,
+
+    /// Answer every request with this HTTP status instead of 200 (to test
+    /// a supervisor's health gate).
+    #[arg(long, value_name = "CODE", default_value_t = 200, value_parser = clap::value_parser!(u16).range(100..=599))]
+    status: u16,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
     };
     let opts = ServeOptions {
         drain_timeout: Duration::from_secs_f64(cli.drain_timeout),
+        status: cli.status,
     };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

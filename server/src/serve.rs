@@ -42,12 +42,16 @@ const MAX_DELAY: Duration = Duration::from_secs(60);
 pub struct ServeOptions {
     /// How long the drain may take before remaining connections are cut.
     pub drain_timeout: Duration,
+    /// The status every response carries (200; others only to test health
+    /// gates).
+    pub status: u16,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             drain_timeout: Duration::from_secs(30),
+            status: 200,
         }
     }
 }
@@ -67,6 +71,7 @@ pub struct DrainReport {
 /// Shared between the accept loops, the connections and the drain.
 struct Shared {
     pid: String,
+    status: StatusCode,
     draining: AtomicBool,
     open: AtomicUsize,
     all_closed: Notify,
@@ -81,6 +86,7 @@ pub async fn serve(
 ) -> io::Result<DrainReport> {
     let shared = Arc::new(Shared {
         pid: std::process::id().to_string(),
+        status: StatusCode::from_u16(opts.status).unwrap_or(StatusCode::OK),
         draining: AtomicBool::new(false),
         open: AtomicUsize::new(0),
         all_closed: Notify::new(),
@@ -245,7 +251,7 @@ async fn respond(
     req: Request<Incoming>,
     shared: Arc<Shared>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let mut status = StatusCode::OK;
+    let mut status = shared.status;
     let mut body = Bytes::from(shared.pid.clone());
     if let Some(ms) = req.uri().path().strip_prefix("/delay/") {
         match ms.parse::<u64>() {

@@ -5,6 +5,9 @@ set -u
 STRATEGY=$1 CONC=$2 REQUESTS=$3 EXPECT=$4
 fail() { echo "FAIL: $*"; tail -20 /tmp/reloader.log; exit 1; }
 
+# The machine as a user of the plug has it, for both strategies: the tree on lo.
+qdisc setup > /dev/null || fail "qdisc setup"
+
 reloader run --strategy "$STRATEGY" --every 100ms --drain-timeout 10s --control /tmp/r.sock -- reuse-server 2>/tmp/reloader.log &
 R=$!
 for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/reloader.log && break; sleep 0.1; done

@@ -43,7 +43,7 @@ pub const MODULES: &[&str] = &[
 /// Host tools copied in for cross-checks, at `/usr/sbin/<name>`. Call them by
 /// that full path in the guest: busybox's shell prefers its own applets
 /// (`tc`, `ip`) over anything on PATH.
-pub const TOOLS: &[&str] = &["tc", "ip", "ss", "nft", "ab"];
+pub const TOOLS: &[&str] = &["tc", "ip", "ss", "nft", "ab", "setcap"];
 
 /// The guest's `/init`. `/xtask-cmd` comes from a second archive appended per
 /// run, so the big one is built once.

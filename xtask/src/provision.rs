@@ -34,6 +34,7 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("ab", "apache2-utils"),
     ("curl", "curl"),
+    ("setcap", "libcap2-bin"),
 ];
 
 /// Finds the host tools, installing the missing ones with apt when we may.

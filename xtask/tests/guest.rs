@@ -43,10 +43,15 @@ fn in_guest(command: &[&str], timeout: Duration) -> Option<(anyhow::Result<i32>,
 
 /// Runs `/scenarios/<name>.sh` and requires exit status 0.
 fn scenario(name: &str) {
-    let Some((result, _)) = in_guest(
-        &["sh", &format!("/scenarios/{name}.sh")],
-        Duration::from_secs(300),
-    ) else {
+    scenario_with(name, &[], Duration::from_secs(300));
+}
+
+/// Runs `/scenarios/<name>.sh ARGS...` within `timeout`; requires exit status 0.
+fn scenario_with(name: &str, args: &[&str], timeout: Duration) {
+    let path = format!("/scenarios/{name}.sh");
+    let mut command = vec!["sh", path.as_str()];
+    command.extend_from_slice(args);
+    let Some((result, _)) = in_guest(&command, timeout) else {
         return;
     };
     match result {
@@ -61,6 +66,47 @@ fn scenario(name: &str) {
 #[test]
 fn guest_builds_the_seed_tree_with_tc() {
     scenario("tc-plug-tree");
+}
+
+// The reloader on a real kernel: constant reloading (every 100 ms) under a
+// load of a new TCP connection per request, as the seed measured it.
+
+#[test]
+fn guest_reloader_plug_c1_zero_failures() {
+    scenario_with(
+        "reloader-load",
+        &["plug", "1", "50000", "zero"],
+        Duration::from_secs(1500),
+    );
+}
+
+#[test]
+fn guest_reloader_plug_c32_zero_failures() {
+    scenario_with(
+        "reloader-load",
+        &["plug", "32", "50000", "zero"],
+        Duration::from_secs(1500),
+    );
+}
+
+/// The comparison has teeth: the same load without the plug loses requests.
+#[test]
+fn guest_reloader_none_c32_has_failures() {
+    scenario_with(
+        "reloader-load",
+        &["none", "32", "50000", "failures"],
+        Duration::from_secs(1500),
+    );
+}
+
+#[test]
+fn guest_reloader_faults_lose_nothing() {
+    scenario_with("reloader-faults", &[], Duration::from_secs(600));
+}
+
+#[test]
+fn guest_reloader_least_privilege() {
+    scenario("reloader-caps");
 }
 
 // The harness itself: failures, panics and hangs are reported as such.

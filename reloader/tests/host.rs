@@ -1,0 +1,121 @@
+//! The reloader on the host kernel, each test in a private network
+//! namespace: the paths that need no sch_plug (strategy none, the control
+//! socket, clear errors). Plug reloads are proven in the VM
+//! (`xtask/tests/guest.rs`).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::proc::Proc;
+
+const RELOADER: &str = env!("CARGO_BIN_EXE_reloader");
+
+/// `reuse-server` sits beside us in the target directory when the whole
+/// workspace is built (as the README's test command does).
+fn server() -> Option<PathBuf> {
+    let p = PathBuf::from(RELOADER).with_file_name("reuse-server");
+    p.is_file().then_some(p)
+}
+
+fn in_netns(name: &str, f: impl FnOnce() + Send + 'static) {
+    if let Err(why) = testkit::netns::run(f) {
+        testkit::skip(&format!("{name}: {why}"));
+    }
+}
+
+#[test]
+fn strategy_none_reloads_over_the_control_socket_and_stops_cleanly() {
+    let Some(server) = server() else {
+        return testkit::skip("reuse-server not built: run `cargo test --workspace`");
+    };
+    in_netns("strategy none", move || {
+        let ctl = format!("/tmp/reloader-test-{}.sock", std::process::id());
+        let mut r = Proc::spawn(
+            Command::new(RELOADER)
+                .args(["run", "--strategy", "none", "--control", &ctl, "--"])
+                .arg(&server),
+        )
+        .unwrap();
+        assert!(
+            r.wait_line("reloader: serving", Duration::from_secs(10))
+                .is_some(),
+            "{:?}",
+            r.log
+        );
+        let out = Command::new(RELOADER)
+            .args(["reload", "--control", &ctl])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("reload #2: ok"), "{stdout}");
+        r.signal(libc::SIGTERM);
+        let status = r
+            .wait_exit(Duration::from_secs(10))
+            .expect("reloader exits on SIGTERM");
+        assert!(status.success(), "{status:?}: {:?}", r.drain_log());
+        assert!(
+            r.wait_line("stopped PID", Duration::from_secs(5)).is_some(),
+            "{:?}",
+            r.log
+        );
+        assert_eq!(
+            loadgen::get(
+                "127.0.0.1:7000".parse().unwrap(),
+                "/",
+                Duration::from_secs(1)
+            ),
+            loadgen::Outcome::Refused
+        );
+    });
+}
+
+#[test]
+fn plug_strategy_without_sch_prio_fails_clearly() {
+    in_netns("no sch_prio", || {
+        if qdisc::probe().map(|p| p.supports("prio")).unwrap_or(true) {
+            eprintln!("note: this host kernel has sch_prio; nothing to check here");
+            return;
+        }
+        let out = Command::new(RELOADER)
+            .args(["run", "--control", "/tmp/unused.sock", "--", "true"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("kernel lacks the prio qdisc (sch_prio, CONFIG_NET_SCH_PRIO)"),
+            "{err}"
+        );
+        let out = Command::new(RELOADER)
+            .args(["run", "--no-setup", "--", "true"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(
+                "the plug tree is missing or incomplete on lo: run `qdisc setup --dev lo`"
+            ),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn reload_without_a_supervisor_says_so() {
+    let out = Command::new(RELOADER)
+        .args(["reload", "--control", "/nonexistent/reloader.sock"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no reloader answers on /nonexistent/reloader.sock"),
+        "{err}"
+    );
+}

@@ -1,0 +1,35 @@
+# Least privilege: an ordinary user runs the reloader with only the file
+# capability CAP_NET_ADMIN; the server it starts has no capabilities; the
+# same binary without the capability refuses with the setcap command.
+set -u
+fail() { echo "FAIL: $*"; cat /tmp/caps.log 2>/dev/null; exit 1; }
+qdisc setup || fail "qdisc setup"
+cp /usr/local/bin/reloader /tmp/reloader || fail "copy"
+setcap cap_net_admin+ep /tmp/reloader || fail "setcap"
+cp /usr/local/bin/reloader /tmp/reloader-nocaps
+chmod 1777 /tmp
+chmod 755 /tmp/reloader /tmp/reloader-nocaps
+
+su -s /bin/sh nobody -c '/tmp/reloader run --control /tmp/nobody.sock -- reuse-server' 2>/tmp/caps.log &
+for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/caps.log && break; sleep 0.1; done
+grep -q 'reloader: serving' /tmp/caps.log || fail "the reloader did not start as nobody"
+SERVER=$(pidof reuse-server)
+RELOADER=$(pidof reloader)
+echo "reloader $RELOADER: $(grep -E '^(Uid|CapPrm|CapEff|CapInh|CapAmb)' /proc/$RELOADER/status | tr '\t\n' '  ')"
+echo "server $SERVER: $(grep -E '^(Uid|CapPrm|CapEff|CapInh|CapAmb)' /proc/$SERVER/status | tr '\t\n' '  ')"
+grep -q 'CapEff:	0000000000000000' /proc/$SERVER/status || fail "the server has capabilities"
+grep -q 'CapPrm:	0000000000000000' /proc/$SERVER/status || fail "the server has permitted capabilities"
+grep -q 'CapEff:	0000000000001000' /proc/$RELOADER/status || fail "the reloader should hold exactly CAP_NET_ADMIN"
+su -s /bin/sh nobody -c '/tmp/reloader reload --control /tmp/nobody.sock' || fail "a reload as nobody failed"
+NEW=$(pidof reuse-server)
+grep -q 'CapEff:	0000000000000000' /proc/$NEW/status || fail "the reloaded server has capabilities"
+ls -l /tmp/nobody.sock | grep -q '^srw-------' || fail "control socket is not mode 0600: $(ls -l /tmp/nobody.sock)"
+# root may ask too; another ordinary user may not (it cannot even connect: mode 0600).
+
+su -s /bin/sh nobody -c '/tmp/reloader-nocaps run --control /tmp/x.sock -- reuse-server' 2>/tmp/nocaps.log
+rc=$?
+cat /tmp/nocaps.log
+[ $rc = 2 ] || fail "without the capability the reloader should exit 2, got $rc"
+grep -q 'setcap cap_net_admin+ep /tmp/reloader-nocaps' /tmp/nocaps.log || fail "the error does not name the setcap command"
+kill -TERM $RELOADER; wait
+echo "scenario: reloader-caps ok"

@@ -62,7 +62,8 @@ struct RunArgs {
     /// How long an old server may take to drain before SIGKILL.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
-    /// Reload continuously at this interval (for benchmarks and soak tests).
+    /// Reload continuously, waiting this long after each reload ends before
+    /// the next (like the seed's `bin/reload` loop: reload, sleep 0.1).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     every: Option<Duration>,
     /// plug: hold new connections in the plug qdisc while the listener set
@@ -223,12 +224,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         args.strategy,
         control_path.display()
     ));
-    let mut every = args
-        .every
-        .map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
-    if let Some(i) = every.as_mut() {
-        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    }
+    let mut every = args.every.map(|d| Box::pin(tokio::time::sleep(d)));
     let (mut ok, mut failed) = (0u64, 0u64);
     let result = loop {
         let reply = tokio::select! {
@@ -240,9 +236,12 @@ async fn run(args: RunArgs) -> Result<(), String> {
             }
             _ = hup.recv() => None,
             Some(reply) = requests.recv() => Some(reply),
-            _ = async { every.as_mut().unwrap().tick().await }, if every.is_some() => None,
+            _ = async { every.as_mut().unwrap().as_mut().await }, if every.is_some() => None,
         };
         let outcome = sup.reload().await;
+        if let (Some(sleep), Some(d)) = (every.as_mut(), args.every) {
+            sleep.as_mut().reset(tokio::time::Instant::now() + d);
+        }
         match &outcome {
             Ok(line) => {
                 ok += 1;

@@ -133,7 +133,7 @@ impl Supervisor {
                     self.opts.ready_timeout
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 

@@ -35,6 +35,10 @@ pub const MODULES: &[&str] = &[
     // sock_diag for TCP (what `ss` and the reloader use to see listeners).
     "tcp_diag",
     "inet_diag",
+    // A host folder shared over 9p, for results that are files (TSVs).
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
     // libcrc32c (an nf_tables dependency) asks the crypto API for "crc32c",
     // which autoloads an implementation by alias: ship the generic one.
     "crc32c_generic",
@@ -57,6 +61,11 @@ mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
 ip link set lo up
+if grep -q xtask.results /proc/cmdline; then
+    modprobe virtio_pci && modprobe 9pnet_virtio && modprobe 9p && mkdir -p /results &&
+        mount -t 9p -o trans=virtio,version=9p2000.L results /results ||
+        echo "xtask-vm: cannot mount the results folder"
+fi
 export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 cd /
 echo "xtask-vm: kernel $(uname -r), running: $(cat /xtask-cmd)"

@@ -82,6 +82,18 @@ impl Prepared {
         &self,
         command: &[String],
         timeout: Duration,
+        on_line: impl FnMut(&str),
+    ) -> Result<i32> {
+        self.run_sharing(command, None, timeout, on_line)
+    }
+
+    /// Like [`run`](Self::run), with the host folder `results` mounted at
+    /// `/results` in the guest (9p), for files the command writes.
+    pub fn run_sharing(
+        &self,
+        command: &[String],
+        results: Option<&Path>,
+        timeout: Duration,
         mut on_line: impl FnMut(&str),
     ) -> Result<i32> {
         static COUNTER: Mutex<u32> = Mutex::new(0);
@@ -96,7 +108,13 @@ impl Prepared {
         let mut bytes = self.base_initrd.clone();
         bytes.extend(initramfs::command_archive(command)?);
         std::fs::write(&initrd, bytes)?;
-        let result = boot(&self.kernel.vmlinuz, &initrd, timeout, &mut on_line);
+        let result = boot(
+            &self.kernel.vmlinuz,
+            &initrd,
+            results,
+            timeout,
+            &mut on_line,
+        );
         let _ = std::fs::remove_file(&initrd);
         result
     }
@@ -105,17 +123,29 @@ impl Prepared {
 fn boot(
     vmlinuz: &Path,
     initrd: &Path,
+    results: Option<&Path>,
     timeout: Duration,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<i32> {
-    let mut child = Command::new("qemu-system-x86_64")
+    let mut qemu = Command::new("qemu-system-x86_64");
+    let mut append = String::from("console=ttyS0 quiet panic=-1 rdinit=/init");
+    if let Some(dir) = results {
+        std::fs::create_dir_all(dir)?;
+        qemu.arg("-virtfs").arg(format!(
+            "local,path={},mount_tag=results,security_model=none,id=results",
+            dir.display()
+        ));
+        append.push_str(" xtask.results");
+    }
+    let mut child = qemu
         .args(["-accel", "tcg,thread=multi", "-smp", "2", "-m", "1024"])
         .args(["-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+        .arg("-append")
+        .arg(&append)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,0 +1,203 @@
+//! One HTTP/1.1 request, on a new connection or a kept-alive one, with every
+//! failure classified by the step it happened in.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How one request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// 200, served by this PID.
+    Ok(u32),
+    Refused,
+    Reset,
+    /// The server closed the connection without answering.
+    Closed,
+    Timeout,
+    BadStatus(u16),
+    Other(String),
+}
+
+impl Outcome {
+    /// A short name to count failures by.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Ok(_) => "ok",
+            Outcome::Refused => "refused",
+            Outcome::Reset => "reset",
+            Outcome::Closed => "closed",
+            Outcome::Timeout => "timeout",
+            Outcome::BadStatus(_) => "bad-status",
+            Outcome::Other(_) => "other",
+        }
+    }
+}
+
+/// One request on a fresh connection: `GET path`, `Connection: close`.
+pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Outcome {
+    get_detailed(addr, path, timeout).0
+}
+
+/// Like [`get`], with the error's text (which step failed, and how).
+pub fn get_detailed(addr: SocketAddr, path: &str, timeout: Duration) -> (Outcome, Option<String>) {
+    outcome_of(try_get(addr, path, timeout))
+}
+
+/// Names the step of a request an error happened in, keeping its kind.
+fn at(step: &'static str) -> impl Fn(io::Error) -> io::Error {
+    move |e| io::Error::new(e.kind(), format!("{step}: {e}"))
+}
+
+/// Like [`get_detailed`], also returning the time to connect.
+pub fn get_timed(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> (Outcome, Duration, Option<String>) {
+    let t = Instant::now();
+    let mut stream = match connect(addr, timeout) {
+        Ok(s) => s,
+        Err(e) => return (classify(&e), t.elapsed(), Some(e.to_string())),
+    };
+    let connected = t.elapsed();
+    let result = (|| {
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(at("write"))?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).map_err(at("read"))?;
+        parse_response(&raw)
+    })();
+    let (o, d) = outcome_of(result);
+    (o, connected, d)
+}
+
+/// A connected stream with read and write timeouts.
+pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(at("connect"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+fn outcome_of(result: io::Result<(u16, String)>) -> (Outcome, Option<String>) {
+    match result {
+        Ok((200, body)) => match body.trim().parse() {
+            Ok(pid) => (Outcome::Ok(pid), None),
+            Err(_) => (
+                Outcome::Other(format!("200 with a body that is not a PID: {body:?}")),
+                None,
+            ),
+        },
+        Ok((status, _)) => (Outcome::BadStatus(status), None),
+        Err(e) => (classify(&e), Some(e.to_string())),
+    }
+}
+
+/// One request on a kept-alive connection. Returns the outcome and whether
+/// the connection may be reused (no `Connection: close`).
+pub fn keepalive_get(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    path: &str,
+) -> io::Result<(Outcome, bool)> {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").map_err(at("write"))?;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).map_err(at("read"))?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read: connection closed before a response",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = stream.read(&mut chunk).map_err(at("read"))?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read: connection closed mid-response",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let keep = !head.contains("connection: close");
+    let (outcome, _) = outcome_of(parse_response(&buf[..head_end + len]));
+    Ok((outcome, keep))
+}
+
+/// Sends one request and returns the status and body.
+pub fn try_get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(at("connect"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(at("write"))?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(at("read"))?;
+    parse_response(&raw)
+}
+
+/// Parses a complete HTTP/1.1 response with a Content-Length body.
+pub fn parse_response(raw: &[u8]) -> io::Result<(u16, String)> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    if raw.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
+    }
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("truncated response head"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status code"))?;
+    Ok((status, body.to_string()))
+}
+
+pub fn classify(e: &io::Error) -> Outcome {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => Outcome::Refused,
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => Outcome::Reset,
+        io::ErrorKind::UnexpectedEof => Outcome::Closed,
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Outcome::Timeout,
+        _ => Outcome::Other(e.to_string()),
+    }
+}
+
+/// Polls `addr` until it answers 200 or `within` passes.
+pub fn wait_ready(addr: SocketAddr, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Outcome::Ok(_) = get(addr, "/healthz", Duration::from_millis(500)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}

@@ -243,7 +243,8 @@ fn progress_line(
     failed: &AtomicUsize,
     finished: &AtomicBool,
 ) {
-    let tty = std::io::stderr().is_terminal();
+    // Redraw in place only on a real terminal (a serial console has no TERM).
+    let tty = std::io::stderr().is_terminal() && std::env::var_os("TERM").is_some();
     let mut last_decile = 0;
     while !finished.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(if tty { 200 } else { 500 }));

@@ -74,6 +74,37 @@ pub fn write_tsv(out: &mut impl Write, records: &[Record]) -> io::Result<()> {
     Ok(())
 }
 
+/// Reads what [`write_tsv`] wrote. Malformed lines are skipped.
+pub fn read_tsv(text: &str) -> Vec<Record> {
+    let secs = |v: &str| {
+        v.parse::<f64>()
+            .ok()
+            .map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1e3))
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let pid: u32 = f.get(3)?.parse().ok()?;
+            Some(Record {
+                start: secs(f.first()?)?,
+                connect: secs(f.get(1)?)?,
+                total: secs(f.get(2)?)?,
+                pid: (pid != 0).then_some(pid),
+                outcome: match *f.get(4)? {
+                    "ok" => "ok",
+                    "refused" => "refused",
+                    "reset" => "reset",
+                    "closed" => "closed",
+                    "timeout" => "timeout",
+                    "bad-status" => "bad-status",
+                    _ => "other",
+                },
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +117,18 @@ mod tests {
             pid: ok.then_some(1),
             outcome: if ok { "ok" } else { "reset" },
         }
+    }
+
+    #[test]
+    fn tsv_round_trips() {
+        let v = vec![rec(3, true), rec(5, false)];
+        let mut out = Vec::new();
+        write_tsv(&mut out, &v).unwrap();
+        let back = read_tsv(&String::from_utf8(out).unwrap());
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].total, Duration::from_millis(3));
+        assert_eq!(back[1].pid, None);
+        assert_eq!(back[1].outcome, "reset");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 # usage: bench.sh REQUESTS "CONCURRENCIES" "STRATEGIES" AB_REQUESTS
 set -u
 N=$1 CONCS=$2 STRATEGIES=$3 AB_N=$4
-OUT=/results
+OUT=${RESULTS:-/results}
+AB=${AB:-/usr/sbin/ab}
 fail() { echo "BENCH-FAIL: $*"; exit 1; }
 [ -d $OUT ] || fail "no results folder"
 qdisc setup > /dev/null || fail "qdisc setup"
@@ -24,7 +25,7 @@ for c in $CONCS; do
     loadgen run 127.0.0.1:7000 -c $c -n $N --tsv $OUT/baseline-c$c.tsv --progress | tee $OUT/baseline-c$c.txt
     if [ "$c" = 1 ] && [ "$AB_N" -gt 0 ]; then
         echo "BENCH-RUN ab baseline c=1"
-        /usr/sbin/ab -q -n $AB_N -g $OUT/ab-baseline-c1.tsv http://127.0.0.1:7000/ > $OUT/ab-baseline-c1.txt 2>&1
+        $AB -q -n $AB_N -g $OUT/ab-baseline-c1.tsv http://127.0.0.1:7000/ > $OUT/ab-baseline-c1.txt 2>&1
         grep -E "^(Complete|Failed) requests|^Time per request.*\(mean\)" $OUT/ab-baseline-c1.txt
     fi
     kill $S; wait $S

@@ -66,6 +66,8 @@ if grep -q xtask.results /proc/cmdline; then
         mount -t 9p -o trans=virtio,version=9p2000.L results /results ||
         echo "xtask-vm: cannot mount the results folder"
 fi
+# The console is a serial line, not a terminal that redraws.
+unset TERM
 export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 cd /
 echo "xtask-vm: kernel $(uname -r), running: $(cat /xtask-cmd)"

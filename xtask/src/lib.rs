@@ -4,9 +4,11 @@
 //! - [`provision`]: host packages and the Debian kernel, found or installed.
 //! - [`initramfs`]: the guest's root file system; [`cpio`] packs it.
 //! - [`build`]: static builds of the project's binaries for the guest.
+//! - [`bench`]: `bench` and `demo`, the seed's experiment reproduced.
 //! - [`tasks`]: `setup-qdiscs`, `bench-plug`.
 //! - [`exec`]: running external tools with errors that name the command.
 
+pub mod bench;
 pub mod build;
 pub mod cpio;
 pub mod exec;

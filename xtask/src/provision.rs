@@ -44,14 +44,25 @@ pub fn host_tools() -> Result<()> {
     if *done {
         return Ok(());
     }
-    let mut missing: Vec<&str> = HOST_TOOLS
+    ensure(HOST_TOOLS)?;
+    *done = true;
+    Ok(())
+}
+
+/// Makes sure each (tool, Debian package) is on PATH, installing the
+/// missing packages with apt when running as root; otherwise fails with the
+/// exact command to run.
+pub fn ensure(tools: &[(&str, &str)]) -> Result<()> {
+    let mut missing: Vec<&str> = tools
         .iter()
         .filter(|(tool, _)| which(tool).is_none())
         .map(|(_, pkg)| *pkg)
         .collect();
     // The guest needs busybox linked statically: Debian's plain `busybox`
     // package is dynamic.
-    if which("busybox").is_some_and(|p| !is_static(&p)) {
+    if tools.iter().any(|(t, _)| *t == "busybox")
+        && which("busybox").is_some_and(|p| !is_static(&p))
+    {
         missing.push("busybox-static");
     }
     missing.sort();
@@ -60,7 +71,7 @@ pub fn host_tools() -> Result<()> {
         let cmd = format!("apt-get update && apt-get install -y {}", missing.join(" "));
         if !(is_root() && which("apt-get").is_some()) {
             return Err(Unavailable(format!(
-                "the VM needs host packages that are missing; install them with: sudo sh -c '{cmd}'"
+                "host packages are missing; install them with: sudo sh -c '{cmd}'"
             ))
             .into());
         }
@@ -76,7 +87,6 @@ pub fn host_tools() -> Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
     }
-    *done = true;
     Ok(())
 }
 

@@ -1,0 +1,396 @@
+//! `cargo xtask bench` and `cargo xtask demo`: the seed's experiment
+//! (a new connection per request, baseline against constant reloading),
+//! reproduced with our tools, measured per request, tabled beside the seed's
+//! published figures, and plotted like the seed's `baseline.png` and
+//! `reloading.png`.
+//!
+//! The runs happen where the kernel has sch_plug: on the host in a private
+//! network namespace when it does, otherwise in the VM (`scenarios/bench.sh`
+//! in both cases). TSVs, logs and plots land in the results folder.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use loadgen::stats::{read_tsv, Summary};
+
+use crate::exec::{exec, is_root, run_visible};
+use crate::workspace_root;
+
+/// The seed's published runs (2016, `ab -n 100000`, hardware): mean,
+/// stddev, p99, max in ms.
+const SEED: [(&str, f64, f64, f64, f64); 2] = [
+    ("seed: baseline (ab, 2016)", 0.367, 0.1, 1.0, 19.0),
+    (
+        "seed: reloading every 100 ms (ab, 2016)",
+        0.492,
+        1.1,
+        1.0,
+        45.0,
+    ),
+];
+
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub requests: Option<usize>,
+    pub concurrency: Vec<usize>,
+    pub strategies: Vec<String>,
+    pub ab_requests: Option<usize>,
+    pub out: PathBuf,
+}
+
+fn parse(args: &[String], demo: bool) -> Result<Args> {
+    let mut a = Args {
+        requests: None,
+        concurrency: if demo { vec![1] } else { vec![1, 32] },
+        strategies: if demo {
+            vec!["plug".into()]
+        } else {
+            vec!["none".into(), "plug".into()]
+        },
+        ab_requests: None,
+        out: workspace_root()
+            .join("results")
+            .join(if demo { "demo" } else { "bench" }),
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let v = it.next().with_context(|| format!("{flag} needs a value"))?;
+        let list = || v.split(',').map(str::trim).filter(|s| !s.is_empty());
+        match flag.as_str() {
+            "--requests" => a.requests = Some(v.parse().context("--requests: a count")?),
+            "--concurrency" if !demo => {
+                a.concurrency = list()
+                    .map(|c| c.parse())
+                    .collect::<Result<_, _>>()
+                    .context("--concurrency: counts")?
+            }
+            "--strategy" if !demo => a.strategies = list().map(str::to_owned).collect(),
+            "--ab-requests" => a.ab_requests = Some(v.parse().context("--ab-requests: a count")?),
+            "--out" => a.out = PathBuf::from(v),
+            other => bail!("unknown option {other}"),
+        }
+    }
+    for s in &a.strategies {
+        if s != "plug" && s != "none" {
+            bail!("--strategy {s}: plug or none");
+        }
+    }
+    Ok(a)
+}
+
+/// Where the runs can happen.
+enum Place {
+    Host,
+    Vm(String),
+}
+
+fn place() -> Place {
+    if !is_root() {
+        return Place::Vm(
+            "not root, so the host cannot be probed in a private network namespace".into(),
+        );
+    }
+    match qdisc::probe() {
+        Ok(p) if p.missing().is_empty() => Place::Host,
+        Ok(p) => Place::Vm(format!("the host kernel lacks {}", p.missing().join(", "))),
+        Err(e) => Place::Vm(format!("cannot probe the host kernel ({e})")),
+    }
+}
+
+pub fn bench(args: &[String]) -> Result<()> {
+    run(parse(args, false)?, false)
+}
+
+pub fn demo(args: &[String]) -> Result<()> {
+    run(parse(args, true)?, true)
+}
+
+fn run(mut a: Args, demo: bool) -> Result<()> {
+    crate::provision::ensure(&[("gnuplot", "gnuplot-nox")])?;
+    let where_ = place();
+    // Under emulation everything is 20-50x slower: a smaller default keeps
+    // the run to minutes. The seed's own count is one flag away.
+    let default_n = match where_ {
+        Place::Host => 100_000,
+        Place::Vm(_) => 10_000,
+    };
+    let n = *a.requests.get_or_insert(default_n);
+    let ab_n = *a.ab_requests.get_or_insert(n.min(10_000));
+    let _ = std::fs::remove_dir_all(&a.out);
+    std::fs::create_dir_all(&a.out)?;
+    let concs = a
+        .concurrency
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let strategies = a.strategies.join(" ");
+    let script_args = [n.to_string(), concs, strategies, ab_n.to_string()];
+    let kernel;
+    match &where_ {
+        Place::Host => {
+            eprintln!("xtask: the host kernel has sch_prio, sch_plug and cls_fw: running on the host in a private network namespace");
+            let root = workspace_root();
+            run_visible(
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                    .current_dir(&root)
+                    .args(["build", "--release", "--workspace", "--bins"]),
+            )?;
+            let path = format!(
+                "{}:{}",
+                root.join("target/release").display(),
+                std::env::var("PATH").unwrap_or_default()
+            );
+            let ab =
+                crate::exec::which("ab").context("ab not found (apt-get install apache2-utils)")?;
+            run_visible(
+                Command::new("unshare")
+                    .args([
+                        "-n",
+                        "sh",
+                        "-c",
+                        "ip link set lo up && exec sh \"$0\" \"$@\"",
+                    ])
+                    .arg(root.join("xtask/scenarios/bench.sh"))
+                    .args(&script_args)
+                    .env("PATH", path)
+                    .env("RESULTS", &a.out)
+                    .env("AB", ab),
+            )?;
+            kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+        }
+        Place::Vm(why) => {
+            eprintln!("xtask: running in the VM: {why}");
+            let prepared = crate::vm::prepare(None)?;
+            let mut command = vec!["sh".to_string(), "/scenarios/bench.sh".into()];
+            command.extend(script_args.iter().cloned());
+            let mut failed = None;
+            let code = prepared.run_sharing(
+                &command,
+                Some(&a.out),
+                Duration::from_secs(6 * 3600),
+                |l| {
+                    if l.starts_with("BENCH")
+                        || l.starts_with('[')
+                        || l.starts_with("requests=")
+                        || l.contains("requests,")
+                    {
+                        eprintln!("{l}");
+                    }
+                    if let Some(why) = l.strip_prefix("BENCH-FAIL: ") {
+                        failed = Some(why.to_string());
+                    }
+                },
+            )?;
+            if let Some(why) = failed {
+                bail!("the bench failed in the VM: {why}");
+            }
+            if code != 0 {
+                bail!("the bench exited {code} in the VM");
+            }
+            kernel = format!("{} (guest, qemu TCG)", prepared.kernel.version());
+        }
+    }
+    let table = report(&a, &kernel, matches!(where_, Place::Vm(_)))?;
+    std::fs::write(a.out.join("table.md"), &table)?;
+    println!("{table}");
+    println!("results: {}", a.out.display());
+    if demo {
+        println!(
+            "plots: {} and {}",
+            a.out.join("baseline-c1.png").display(),
+            a.out.join("reloading-plug-c1.png").display()
+        );
+    }
+    Ok(())
+}
+
+/// One row of the table, from one TSV.
+fn row(name: &str, tsv: &Path, reloads: Option<(u64, u64)>) -> Result<String> {
+    let text =
+        std::fs::read_to_string(tsv).with_context(|| format!("reading {}", tsv.display()))?;
+    let records = read_tsv(&text);
+    let s = Summary::of(&records);
+    let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+    for r in records.iter().filter(|r| r.pid.is_none()) {
+        *kinds.entry(r.outcome).or_default() += 1;
+    }
+    let failed: usize = kinds.values().sum();
+    let failures = if failed == 0 {
+        "**0**".to_string()
+    } else {
+        format!(
+            "{failed} ({})",
+            kinds
+                .iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let reloads = reloads.map_or("-".into(), |(ok, bad)| {
+        if bad > 0 {
+            format!("{ok} ({bad} rolled back)")
+        } else {
+            ok.to_string()
+        }
+    });
+    Ok(format!(
+        "| {name} | {} | {failures} | {reloads} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+        records.len(),
+        s.mean,
+        s.stddev,
+        s.p50,
+        s.p99,
+        s.p999,
+        s.max
+    ))
+}
+
+fn report(a: &Args, kernel: &str, emulated: bool) -> Result<String> {
+    let mut t = String::new();
+    writeln!(
+        t,
+        "| run | requests | failed | reloads | mean ms | stddev | p50 | p99 | p99.9 | max |"
+    )?;
+    writeln!(t, "|---|---|---|---|---|---|---|---|---|---|")?;
+    for (name, mean, sd, p99, max) in SEED {
+        writeln!(
+            t,
+            "| {name} | 100000 | 0 | - | {mean:.3} | {sd:.1} | - | {p99:.0} | - | {max:.0} |"
+        )?;
+    }
+    for c in &a.concurrency {
+        let base = a.out.join(format!("baseline-c{c}.tsv"));
+        writeln!(t, "{}", row(&format!("baseline, c={c}"), &base, None)?)?;
+        plot(&base, &format!("baseline, c={c}"))?;
+        if *c == 1 {
+            if let Some(ab) = ab_row(&a.out)? {
+                writeln!(t, "{ab}")?;
+            }
+        }
+        for s in &a.strategies {
+            let tsv = a.out.join(format!("reloading-{s}-c{c}.tsv"));
+            let reloads =
+                std::fs::read_to_string(a.out.join(format!("reloading-{s}-c{c}.reloads")))
+                    .ok()
+                    .and_then(|x| {
+                        let mut it = x.lines().map(|l| l.trim().parse::<u64>().unwrap_or(0));
+                        Some((it.next()?, it.next().unwrap_or(0)))
+                    });
+            let name = format!("reloading every 100 ms, strategy {s}, c={c}");
+            writeln!(t, "{}", row(&name, &tsv, reloads)?)?;
+            plot(&tsv, &name)?;
+        }
+    }
+    writeln!(t)?;
+    writeln!(
+        t,
+        "kernel {kernel}; {} requests per run, a new TCP connection per request.{}",
+        a.requests.unwrap_or(0),
+        if emulated {
+            " Under qemu TCG absolute times are inflated by emulation (20-50x); compare ratios."
+        } else {
+            ""
+        }
+    )?;
+    Ok(t)
+}
+
+/// The `ab` cross-check of the c=1 baseline: its own mean and failures, and
+/// percentiles from its `-g` file (whole milliseconds: ab's resolution).
+fn ab_row(out: &Path) -> Result<Option<String>> {
+    let Ok(txt) = std::fs::read_to_string(out.join("ab-baseline-c1.txt")) else {
+        return Ok(None);
+    };
+    let field = |prefix: &str| {
+        txt.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string()
+    };
+    let complete = field("Complete requests");
+    let failed = field("Failed requests");
+    let mean = field("Time per request");
+    let g = std::fs::read_to_string(out.join("ab-baseline-c1.tsv")).unwrap_or_default();
+    let mut ttime: Vec<f64> = g
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split('\t').nth(4)?.trim().parse().ok())
+        .collect();
+    ttime.sort_by(f64::total_cmp);
+    let pct = |q: f64| {
+        ttime
+            .get(((q * ttime.len() as f64).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(Some(format!(
+        "| cross-check: ab -n {complete}, same baseline server | {complete} | {failed} | - | {mean} | - | {:.0} | {:.0} | {:.0} | {:.0} |",
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
+        ttime.last().copied().unwrap_or(0.0)
+    )))
+}
+
+/// A scatter plot like the seed's: response time against time, one colour
+/// per serving PID, failures as red crosses. Drawn by gnuplot.
+fn plot(tsv: &Path, title: &str) -> Result<()> {
+    let text = std::fs::read_to_string(tsv)?;
+    let records = read_tsv(&text);
+    let mut pids: Vec<u32> = records.iter().filter_map(|r| r.pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let mut ok = String::new();
+    let mut bad = String::new();
+    for r in &records {
+        let (x, y) = (r.start.as_secs_f64(), r.total.as_secs_f64() * 1e3);
+        match r.pid {
+            Some(p) => {
+                let colour = pids.binary_search(&p).unwrap_or(0) % 8 + 1;
+                writeln!(ok, "{x:.6} {y:.3} {colour}")?;
+            }
+            None => writeln!(bad, "{x:.6} {y:.3}")?,
+        }
+    }
+    let stem = tsv.with_extension("");
+    let (okf, badf, png) = (
+        stem.with_extension("ok.dat"),
+        stem.with_extension("failed.dat"),
+        tsv.with_extension("png"),
+    );
+    std::fs::write(&okf, ok)?;
+    std::fs::write(
+        &badf,
+        if bad.is_empty() {
+            "nan nan\n".to_string()
+        } else {
+            bad
+        },
+    )?;
+    let failed = records.iter().filter(|r| r.pid.is_none()).count();
+    let script = format!(
+        "set terminal pngcairo size 1000,500\nset output '{png}'\nset title '{title}: {n} requests, {failed} failed, {np} server PIDs'\n\
+         set xlabel 'time (s)'\nset ylabel 'response time (ms)'\nset key top right\nset grid\n\
+         plot '{okf}' using 1:2:3 with points pt 7 ps 0.3 lc variable title 'ok (colour: serving PID)', \
+         '{badf}' using 1:2 with points pt 2 ps 1.5 lc rgb 'red' title 'failed'\n",
+        png = png.display(),
+        okf = okf.display(),
+        badf = badf.display(),
+        n = records.len(),
+        np = pids.len(),
+    );
+    let gp = stem.with_extension("gp");
+    std::fs::write(&gp, script)?;
+    exec(Command::new("gnuplot").arg(&gp))?;
+    Ok(())
+}

@@ -61,18 +61,24 @@ pub fn get_timed(
         Err(e) => return (classify(&e), t.elapsed(), Some(e.to_string())),
     };
     let connected = t.elapsed();
-    let result = (|| {
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .map_err(at("write"))?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).map_err(at("read"))?;
-        parse_response(&raw)
-    })();
-    let (o, d) = outcome_of(result);
+    let (o, d) = outcome_of(request_and_close(&mut stream, addr, path));
     (o, connected, d)
+}
+
+/// Sends `GET path` with `Connection: close` and reads the whole answer.
+fn request_and_close(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    path: &str,
+) -> io::Result<(u16, String)> {
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(at("write"))?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(at("read"))?;
+    parse_response(&raw)
 }
 
 /// A connected stream with read and write timeouts.
@@ -144,17 +150,7 @@ pub fn keepalive_get(
 
 /// Sends one request and returns the status and body.
 pub fn try_get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(at("connect"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(at("write"))?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(at("read"))?;
-    parse_response(&raw)
+    request_and_close(&mut connect(addr, timeout)?, addr, path)
 }
 
 /// Parses a complete HTTP/1.1 response with a Content-Length body.

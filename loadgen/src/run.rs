@@ -97,11 +97,7 @@ impl Worker {
     /// idle connection at the same moment).
     fn request(&mut self) -> (Outcome, Duration, Option<String>) {
         if !self.opts.keepalive {
-            let t = Instant::now();
-            let (o, connect, d) =
-                http::get_timed(self.opts.addr, &self.opts.path, self.opts.timeout);
-            let _ = t;
-            return (o, connect, d);
+            return http::get_timed(self.opts.addr, &self.opts.path, self.opts.timeout);
         }
         let reused = self.conn.is_some();
         let (o, connect, d) = self.keepalive_once();

@@ -239,7 +239,7 @@ pub fn setup(cfg: &Config) -> Result<()> {
     let mut added = Added::default();
     let result = build(cfg, ifindex, &mut rt, &present, &mut added);
     if result.is_err() {
-        undo(cfg, ifindex, &mut rt, &added);
+        undo(ifindex, &mut rt, &added);
     }
     result
 }
@@ -380,7 +380,7 @@ fn keys(f: Family, source: Option<IpAddr>) -> Vec<u32::Key> {
 }
 
 /// Best effort: removes what a failed setup added, newest first.
-fn undo(cfg: &Config, ifindex: i32, rt: &mut Socket, added: &Added) {
+fn undo(ifindex: i32, rt: &mut Socket, added: &Added) {
     if !added.tables.is_empty() {
         if let Ok(mut nf) = Socket::netfilter() {
             for f in &added.tables {
@@ -403,7 +403,6 @@ fn undo(cfg: &Config, ifindex: i32, rt: &mut Socket, added: &Added) {
     for (h, parent) in &added.fifos {
         let _ = rt.request(tc::delete_qdisc(ifindex, *h, *parent), nothing);
     }
-    let _ = cfg;
 }
 
 fn table_exists(nf: &mut Socket, family: Family) -> Result<bool> {

@@ -4,9 +4,11 @@
 //! 1. hold (plug) before the new server can bind;
 //! 2. start it; wait until its listener is in the SO_REUSEPORT group, as the
 //!    kernel (sock_diag) or the server (`READY=1`) says;
-//! 3. release; check it serves (its PID answers, or `--health`);
-//! 4. hold; SIGTERM the old server; wait until its listener has left the
-//!    group (sock_diag); release;
+//! 3. check it serves (its PID answers, or `--health`) while still holding,
+//!    so a server that fails never serves a client; release;
+//! 4. hold; wait until no handshake is half done (sock_diag); SIGTERM the
+//!    old server; wait until its listener has left the group (sock_diag);
+//!    release;
 //! 5. wait for the old process to exit, SIGKILL at the drain timeout.
 //!
 //! A new server that exits, never listens or fails its check is stopped the

@@ -105,37 +105,31 @@ impl Socket {
         &mut self,
         mut msg: Message,
         describe: Describe<'_>,
+        on_reply: impl FnMut(&[u8]),
+    ) -> Result<()> {
+        msg.set_flags(msg.flags() | NLM_F_ACK);
+        self.converse(msg, describe, on_reply)
+    }
+
+    /// Sends a dump request and collects every reply payload until DONE.
+    pub fn dump(&mut self, msg: Message, describe: Describe<'_>) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        self.converse(msg, describe, |p| out.push(p.to_vec()))?;
+        Ok(out)
+    }
+
+    /// Sends `msg` and hands each reply of ours to `on_reply` until the
+    /// kernel ends the conversation: an ACK or error, or a dump's DONE.
+    /// Replies to other sequence numbers are ignored.
+    fn converse(
+        &mut self,
+        mut msg: Message,
+        describe: Describe<'_>,
         mut on_reply: impl FnMut(&[u8]),
     ) -> Result<()> {
         let seq = self.next_seq();
         msg.set_seq(seq);
-        msg.set_flags(msg.flags() | NLM_F_ACK);
         self.send(msg.bytes(), describe)?;
-        loop {
-            self.recv(0).map_err(|source| Error::Io {
-                op: describe().0,
-                source,
-            })?;
-            for m in wire::messages(&self.buf) {
-                if m.seq != seq {
-                    continue;
-                }
-                if m.msg_type == NLMSG_ERROR {
-                    let e = wire::parse_error(&m)
-                        .ok_or_else(|| Error::Protocol("short error message".into()))?;
-                    return kernel_result(e, describe);
-                }
-                on_reply(m.payload);
-            }
-        }
-    }
-
-    /// Sends a dump request and collects every reply payload until DONE.
-    pub fn dump(&mut self, mut msg: Message, describe: Describe<'_>) -> Result<Vec<Vec<u8>>> {
-        let seq = self.next_seq();
-        msg.set_seq(seq);
-        self.send(msg.bytes(), describe)?;
-        let mut out = Vec::new();
         loop {
             self.recv(0).map_err(|source| Error::Io {
                 op: describe().0,
@@ -146,13 +140,13 @@ impl Socket {
                     continue;
                 }
                 match m.msg_type {
-                    NLMSG_DONE => return Ok(out),
+                    NLMSG_DONE => return Ok(()),
                     NLMSG_ERROR => {
                         let e = wire::parse_error(&m)
                             .ok_or_else(|| Error::Protocol("short error message".into()))?;
-                        kernel_result(e, describe)?;
+                        return kernel_result(e, describe);
                     }
-                    _ => out.push(m.payload.to_vec()),
+                    _ => on_reply(m.payload),
                 }
             }
         }

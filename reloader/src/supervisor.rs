@@ -47,6 +47,9 @@ pub struct Supervisor {
     notify: Notify,
     /// The server speaks sd_notify (learned from the first generation).
     notify_supported: bool,
+    /// Keep the plug closed through the health check (its connections come
+    /// from an address the default plug lets through).
+    check_through_plug: bool,
     pub current: Generation,
     next: u64,
 }
@@ -84,11 +87,13 @@ impl Supervisor {
             listeners,
             notify,
             notify_supported: false,
+            check_through_plug: false,
             current: first,
             next: 2,
         };
+        sup.check_through_plug = sup.opts.check.bypasses_default_plug();
         let t = Instant::now();
-        if let Err(e) = sup.wait_healthy_current().await {
+        if let Err(e) = sup.wait_healthy_current(None).await {
             sup.current.signal(libc::SIGKILL);
             let _ = sup.current.child.wait().await;
             return Err(format!("the first server never became healthy: {e}"));
@@ -113,14 +118,25 @@ impl Supervisor {
         self.listeners.as_mut().and_then(|l| l.on_port(port).ok())
     }
 
-    async fn wait_healthy_current(&mut self) -> Result<Duration, String> {
+    /// Checks the current generation until it passes, exits, or the ready
+    /// timeout. `held` is `Some` while the plug is held through the check:
+    /// if the check itself gets no answer, the plug is most likely holding
+    /// it too (a tree set up for every source), so the plug is released
+    /// (its hold time stored in `held`) and later reloads check unplugged.
+    async fn wait_healthy_current(
+        &mut self,
+        mut held: Option<&mut Option<Duration>>,
+    ) -> Result<Duration, String> {
         let t = Instant::now();
         let deadline = t + self.opts.ready_timeout;
+        // The most telling failure: one the new server itself gave, over one
+        // from an old server that happened to answer.
+        let mut telling: Option<String> = None;
         loop {
             if let Some(status) = self.current.exited() {
                 return Err(format!("exited ({status}) before it was healthy"));
             }
-            let last = match self
+            let mut last = match self
                 .opts
                 .check
                 .once(self.current.pid, Duration::from_secs(1))
@@ -129,6 +145,21 @@ impl Supervisor {
                 Ok(()) => return Ok(t.elapsed()),
                 Err(e) => e,
             };
+            if last.contains("no answer within") {
+                if let Some(slot) = held.take() {
+                    log(
+                        "warning: the plug seems to hold the health check's own connections \
+                         (a tree for every source?): checking with the plug open from now on",
+                    );
+                    self.check_through_plug = false;
+                    *slot = self.swap.release()?;
+                }
+            }
+            if last.contains("the new server") {
+                telling = Some(last.clone());
+            } else if let Some(t) = &telling {
+                last = t.clone();
+            }
             if Instant::now() >= deadline {
                 return Err(format!(
                     "not healthy within {:?}: {last}",
@@ -304,19 +335,25 @@ impl Supervisor {
         // Keep it closed until the server has passed its check, so a server
         // that fails it never serves a client (the check's own connections
         // come from an address the plug lets through).
-        let hold_through_check = self.opts.check.bypasses_default_plug();
+        let hold_through_check = self.check_through_plug;
         let mut hold1 = None;
         if !hold_through_check {
             hold1 = self.swap.release()?;
         }
 
         let t_check = Instant::now();
+        let mut released_early = None;
         let healthy = {
             std::mem::swap(&mut self.current, &mut new);
-            let r = self.wait_healthy_current().await;
+            let r = self
+                .wait_healthy_current(hold_through_check.then_some(&mut released_early))
+                .await;
             std::mem::swap(&mut self.current, &mut new);
             r
         };
+        if released_early.is_some() {
+            hold1 = released_early;
+        }
         if let Err(why) = healthy {
             let _ = self.retire(&mut new).await;
             return Err(format!(
@@ -325,7 +362,7 @@ impl Supervisor {
             ));
         }
         let check = t_check.elapsed();
-        if hold_through_check {
+        if hold_through_check && hold1.is_none() {
             hold1 = self.swap.release()?;
         }
 

@@ -38,6 +38,10 @@ enum Command {
         /// Default: 127.0.0.1 and ::1 (local clients, as the seed).
         #[arg(long = "source", value_name = "ADDR|any")]
         sources: Vec<String>,
+        /// Hold only SYNs to this destination port (the served port), so no
+        /// other connection on the machine ever waits. Default: every port.
+        #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
     },
     /// Remove our tree (releasing the plug first) and our nf_tables tables.
     /// Touches nothing else.
@@ -79,6 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             classifier,
             limit,
             sources,
+            port,
         } => {
             let sources = parse_sources(&sources)?;
             qdisc::setup(&Config {
@@ -86,10 +91,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 limit,
                 classifier,
                 sources,
+                port,
             })?;
             println!(
-                "qdisc: tree ready on {dev} (classifier {}, plug released)",
-                classifier.kind()
+                "qdisc: tree ready on {dev} (classifier {}, {}, plug released)",
+                classifier.kind(),
+                port.map_or("every port".into(), |p| format!("port {p}"))
             );
         }
         Command::Teardown => {

@@ -101,6 +101,17 @@ fn batch_marker(ty: u16) -> Message {
 /// create the table (so a second install replaces the first instead of
 /// adding rules twice), the chain, and one rule per source (`None`: any).
 pub fn install(family: Family, sources: Option<&[IpAddr]>, mark: u32) -> Vec<Message> {
+    install_for_port(family, sources, None, mark)
+}
+
+/// As `install`, marking only SYNs to `port` when it is given
+/// (`... tcp dport PORT tcp flags & (syn|ack) == syn ...`).
+pub fn install_for_port(
+    family: Family,
+    sources: Option<&[IpAddr]>,
+    port: Option<u16>,
+    mark: u32,
+) -> Vec<Message> {
     let f = family as u8;
     let mut new_table = msg(NFT_MSG_NEWTABLE, NLM_F_REQUEST, f, 0);
     new_table
@@ -121,8 +132,8 @@ pub fn install(family: Family, sources: Option<&[IpAddr]>, mark: u32) -> Vec<Mes
     out.push(chain);
 
     match sources {
-        None => out.push(rule(family, None, mark)),
-        Some(list) => out.extend(list.iter().map(|a| rule(family, Some(*a), mark))),
+        None => out.push(rule(family, None, port, mark)),
+        Some(list) => out.extend(list.iter().map(|a| rule(family, Some(*a), port, mark))),
     }
     out
 }
@@ -151,8 +162,8 @@ pub fn get_gen() -> Message {
     msg(NFT_MSG_GETGEN, NLM_F_REQUEST | NLM_F_ACK, 0, 0)
 }
 
-/// `[ip saddr ADDR] tcp flags & (syn|ack) == syn meta mark set MARK`.
-fn rule(family: Family, source: Option<IpAddr>, mark: u32) -> Message {
+/// `[ip saddr ADDR] [tcp dport PORT] tcp flags & (syn|ack) == syn meta mark set MARK`.
+fn rule(family: Family, source: Option<IpAddr>, port: Option<u16>, mark: u32) -> Message {
     let mut m = msg(
         NFT_MSG_NEWRULE,
         NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND,
@@ -175,6 +186,10 @@ fn rule(family: Family, source: Option<IpAddr>, mark: u32) -> Message {
         }
         meta_load(m, META_L4PROTO);
         cmp_eq(m, &[libc::IPPROTO_TCP as u8]);
+        if let Some(port) = port {
+            payload(m, Base::Transport, 2, 2);
+            cmp_eq(m, &port.to_be_bytes());
+        }
         payload(m, Base::Transport, 13, 1);
         bitwise_and(m, TCP_SYN | TCP_ACK);
         cmp_eq(m, &[TCP_SYN]);

@@ -126,6 +126,8 @@ pub struct Config {
     pub limit: u32,
     pub classifier: Classifier,
     pub sources: Sources,
+    /// Hold only SYNs to this destination port (`None`: every port).
+    pub port: Option<u16>,
 }
 
 impl Default for Config {
@@ -135,6 +137,7 @@ impl Default for Config {
             limit: DEFAULT_LIMIT,
             classifier: Classifier::Fw,
             sources: Sources::default(),
+            port: None,
         }
     }
 }
@@ -307,7 +310,17 @@ fn build(
             })?;
         }
         if !added.root && present.has_filter(kind, family) {
-            continue;
+            if cfg.classifier == Classifier::Fw {
+                continue; // the port lives in the mark rule, replaced below
+            }
+            // A u32 filter's port is in its keys: replace it, so a setup for
+            // another port (or for every port) takes effect.
+            rt.request(tc::delete_filters(ifindex, ROOT, prio, proto), &|| {
+                (
+                    format!("replace the {} u32 filter on {dev}", family.name()),
+                    Object::Filter(u32::KIND),
+                )
+            })?;
         }
         match cfg.classifier {
             Classifier::Fw => {
@@ -326,6 +339,15 @@ fn build(
                     None => vec![keys(family, None)],
                     Some(list) => list.iter().map(|a| keys(family, Some(*a))).collect(),
                 };
+                let key_sets = key_sets.into_iter().map(|mut k| {
+                    if let Some(port) = cfg.port {
+                        k.push(match family {
+                            Family::Ipv4 => u32::dport_key_v4(port),
+                            Family::Ipv6 => u32::dport_key_v6(port),
+                        });
+                    }
+                    k
+                });
                 for k in key_sets {
                     rt.request(
                         u32::add(ifindex, ROOT, prio, proto, &k, PLUG_CLASS),
@@ -352,7 +374,7 @@ fn build(
         let existed = table_exists(nf, family)?;
         match cfg.classifier {
             Classifier::Fw => {
-                let body = nft::install(family, sources.as_deref(), MARK);
+                let body = nft::install_for_port(family, sources.as_deref(), cfg.port, MARK);
                 nf.batch(nft::batch(body), nft::get_gen(), &|_| {
                     (
                         format!("install nf_tables table {} {}", family.name(), nft::TABLE),

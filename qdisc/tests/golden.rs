@@ -172,3 +172,44 @@ fn nft_mark_rule_any_source() {
 fn nft_delete_table() {
     check_batch("nft_delete_ip", nft::delete_table(Family::Ipv4));
 }
+
+/// Scoped to the served port: only SYNs to port 7000 are held.
+#[test]
+fn u32_syn_filters_for_one_port() {
+    let mut v4 = u32::syn_keys_v4(Some(Ipv4Addr::LOCALHOST));
+    v4.push(u32::dport_key_v4(7000));
+    check(
+        "u32_add_ip_port",
+        u32::add(LO, handle(1, 0), 1, ETH_P_IP, &v4, handle(1, 4)),
+    );
+    let mut v6 = u32::syn_keys_v6(Some(Ipv6Addr::LOCALHOST));
+    v6.push(u32::dport_key_v6(7000));
+    check(
+        "u32_add_ipv6_port",
+        u32::add(LO, handle(1, 0), 2, ETH_P_IPV6, &v6, handle(1, 4)),
+    );
+}
+
+#[test]
+fn nft_mark_rule_for_one_port() {
+    let src = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    check_batch(
+        "nft_install_ip_port",
+        nft::batch(nft::install_for_port(
+            Family::Ipv4,
+            Some(&src),
+            Some(7000),
+            1,
+        )),
+    );
+    let src = [IpAddr::V6(Ipv6Addr::LOCALHOST)];
+    check_batch(
+        "nft_install_ip6_port",
+        nft::batch(nft::install_for_port(
+            Family::Ipv6,
+            Some(&src),
+            Some(7000),
+            1,
+        )),
+    );
+}

@@ -5,31 +5,40 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
+use crate::notify::GATE_ENV;
+
 pub struct Generation {
+    pub number: u64,
     pub pid: u32,
     pub child: Child,
-    /// Inodes of its listening sockets, as sock_diag reported them.
+    /// Inodes of its listening sockets on the served port (sock_diag ∩ its fds).
     pub listeners: BTreeSet<u32>,
+    /// When it was told to stop (for the drain deadline).
+    pub stopping_since: Option<Instant>,
 }
 
 impl Generation {
-    /// Starts `argv` directly (no shell), with `NOTIFY_SOCKET` set.
-    pub fn spawn(argv: &[String], notify: &Path) -> std::io::Result<Generation> {
+    /// Starts `argv` directly (no shell), with `NOTIFY_SOCKET` set and the
+    /// join gate offered.
+    pub fn spawn(number: u64, argv: &[String], notify: &Path) -> std::io::Result<Generation> {
         let child = Command::new(&argv[0])
             .args(&argv[1..])
             .env("NOTIFY_SOCKET", notify)
+            .env(GATE_ENV, "1")
             .stdin(Stdio::null())
             .kill_on_drop(false)
             .spawn()?;
         let pid = child.id().unwrap_or(0);
         Ok(Generation {
+            number,
             pid,
             child,
             listeners: BTreeSet::new(),
+            stopping_since: None,
         })
     }
 
@@ -43,9 +52,21 @@ impl Generation {
         }
     }
 
+    /// SIGTERM, remembering when (the drain deadline counts from here).
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        self.stopping_since.get_or_insert_with(Instant::now);
+    }
+
     /// Whether it has exited (reaping it if so).
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+
+    /// The socket inodes among its open files (`/proc/PID/fd`). A process
+    /// that has exited owns none.
+    pub fn sockets(&self) -> std::io::Result<BTreeSet<u32>> {
+        owned_sockets(self.pid)
     }
 
     /// Waits for it to exit; SIGKILL at `deadline`. Returns the status and
@@ -59,4 +80,31 @@ impl Generation {
             }
         }
     }
+}
+
+/// Socket inodes open in process `pid`, read from `/proc/PID/fd` links
+/// (`socket:[INODE]`). A vanished process has none; any other failure is an
+/// error.
+pub fn owned_sockets(pid: u32) -> std::io::Result<BTreeSet<u32>> {
+    let dir = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = BTreeSet::new();
+    for entry in dir.flatten() {
+        // An fd closed while we read is simply gone.
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let t = target.to_string_lossy();
+        if let Some(n) = t
+            .strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.parse().ok())
+        {
+            out.insert(n);
+        }
+    }
+    Ok(out)
 }

@@ -38,43 +38,59 @@ impl Check {
         })
     }
 
-    /// Whether the check's connections come from a source the default plug
-    /// does not hold, so the plug can stay closed while the check runs.
-    pub fn bypasses_default_plug(&self) -> bool {
-        let addr = match self {
-            Check::Pid(a) | Check::Url { addr: a, .. } => *a,
-        };
-        check_source(addr).is_some()
-    }
-
-    /// One attempt: `Ok(())` when it passes, otherwise why not.
-    pub async fn once(&self, pid: u32, timeout: Duration) -> Result<(), String> {
+    /// One attempt against the new server with PID `pid`: at `at` (its
+    /// private gate address, when it has one) or at the configured address.
+    pub async fn once(
+        &self,
+        pid: u32,
+        at: Option<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<(), Failed> {
         let (addr, path) = match self {
             Check::Pid(a) => (*a, "/"),
             Check::Url { addr, path } => (*addr, path.as_str()),
         };
+        let addr = at.unwrap_or(addr);
+        let other = |text: String| Failed {
+            by_new: false,
+            text,
+        };
         let (status, pid_header, body) = tokio::time::timeout(timeout, get(addr, path))
             .await
-            .map_err(|_| format!("GET http://{addr}{path}: no answer within {timeout:?}"))?
-            .map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
+            .map_err(|_| {
+                other(format!(
+                    "GET http://{addr}{path}: no answer within {timeout:?}"
+                ))
+            })?
+            .map_err(|e| other(format!("GET http://{addr}{path}: {e}")))?;
+        let by_new = pid_header == Some(pid) || at.is_some();
+        let fail = |text: String| Err(Failed { by_new, text });
         match self {
             Check::Pid(_) if status == 200 && body.trim() == pid.to_string() => Ok(()),
-            Check::Pid(_) if pid_header == Some(pid) => Err(format!(
+            Check::Pid(_) if by_new => fail(format!(
                 "the new server answered GET http://{addr}/ with {status}"
             )),
-            Check::Pid(_) => Err(format!(
+            Check::Pid(_) => fail(format!(
                 "GET http://{addr}/ answered {status} {:?}, not PID {pid}",
                 body.trim()
             )),
             Check::Url { .. } if !(200..300).contains(&status) => {
-                Err(format!("GET http://{addr}{path} answered {status}"))
+                fail(format!("GET http://{addr}{path} answered {status}"))
             }
             Check::Url { .. } => match pid_header {
-                Some(p) if p != pid => Err(format!("answered by PID {p}, not the new {pid}")),
+                Some(p) if p != pid => fail(format!("answered by PID {p}, not the new {pid}")),
                 _ => Ok(()),
             },
         }
     }
+}
+
+/// Why a check did not pass.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    /// The new server itself gave this answer (the most telling failure).
+    pub by_new: bool,
+    pub text: String,
 }
 
 /// The source address health checks connect from: for an IPv4 loopback

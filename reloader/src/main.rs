@@ -62,6 +62,11 @@ struct RunArgs {
     /// How long an old server may take to drain before SIGKILL.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// The longest one hold may last: past it the hold is released, logged,
+    /// and the reload carries on (a listener that did not close by then is
+    /// SIGKILLed at --drain-timeout, held again for that instant).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    hold_limit: Duration,
     /// Reload continuously, waiting this long after each reload ends before
     /// the next (like the seed's `bin/reload` loop: reload, sleep 0.1).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -93,6 +98,9 @@ enum Strategy {
     Plug,
     None,
 }
+
+/// How often draining generations are looked at between reloads.
+const REAP_EVERY: Duration = Duration::from_millis(50);
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
@@ -161,23 +169,32 @@ fn main() -> ExitCode {
 /// releases a plug a killed predecessor may have left buffering.
 fn prepare_plug(args: &RunArgs) -> Result<Plug, String> {
     let status = qdisc::status(&args.dev).map_err(|e| e.to_string())?;
-    if !status.complete() {
-        if args.no_setup {
+    if args.no_setup {
+        if !status.complete() {
             return Err(format!(
-                "the plug tree is missing or incomplete on {}: run `qdisc setup --dev {}`, or drop --no-setup",
-                args.dev, args.dev
+                "the plug tree is missing or incomplete on {}: run `qdisc setup --dev {} --port {}`, or drop --no-setup",
+                args.dev, args.dev, args.addr.port()
             ));
         }
+    } else {
+        // Set up, or scope an existing tree to our port: only SYNs to the
+        // served port are held, never the machine's other connections.
+        let classifier = match status.complete() {
+            true => status.classifier().unwrap_or(args.classifier),
+            false => args.classifier,
+        };
         qdisc::setup(&Config {
             dev: args.dev.clone(),
-            classifier: args.classifier,
+            classifier,
+            port: Some(args.addr.port()),
             ..Config::default()
         })
         .map_err(|e| format!("setting up the plug tree: {e}"))?;
         log(&format!(
-            "set up the plug tree on {} (classifier {})",
+            "plug tree on {} holds SYNs to port {} only (classifier {})",
             args.dev,
-            args.classifier.kind()
+            args.addr.port(),
+            classifier.kind()
         ));
     }
     let mut plug = Plug::open(&args.dev).map_err(|e| e.to_string())?;
@@ -217,7 +234,14 @@ async fn run(args: RunArgs) -> Result<(), String> {
         check,
         ready_timeout: args.ready_timeout,
         drain_timeout: args.drain_timeout,
+        hold_limit: args.hold_limit,
     };
+    if args.strategy == Strategy::Plug {
+        match supervisor::migrate_req()? {
+            true => log("net.ipv4.tcp_migrate_req=1: a closing listener hands its connections to the group; no hold is needed"),
+            false => log(&format!("net.ipv4.tcp_migrate_req is off: each listener close is held (at most {:?})", args.hold_limit)),
+        }
+    }
     let mut sup = Supervisor::start(opts, swap, notify).await?;
     log(&format!(
         "serving; strategy {:?}; reload with SIGHUP or `reloader reload --control {}`",
@@ -234,11 +258,21 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 break Err(format!("server PID {} exited on its own ({})", sup.current.pid,
                     status.map_or("unknown status".into(), |s| s.to_string())));
             }
+            _ = tokio::time::sleep(REAP_EVERY), if sup.draining() => {
+                sup.reap().await;
+                continue;
+            }
             _ = hup.recv() => None,
             Some(reply) = requests.recv() => Some(reply),
             _ = async { every.as_mut().unwrap().as_mut().await }, if every.is_some() => None,
         };
-        let outcome = sup.reload().await;
+        // SIGTERM/SIGINT end a reload half-way: `shutdown` stops whatever it
+        // started and releases the plug.
+        let outcome = tokio::select! {
+            outcome = sup.reload() => outcome,
+            _ = term.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
+        };
         if let (Some(sleep), Some(d)) = (every.as_mut(), args.every) {
             sleep.as_mut().reset(tokio::time::Instant::now() + d);
         }

@@ -1,44 +1,155 @@
-//! The receiving end of `NOTIFY_SOCKET`: servers send `READY=1` (with
-//! `MAINPID=`) once they listen; we forward the PIDs that said so.
+//! The receiving end of `NOTIFY_SOCKET`. Every datagram's sender is known
+//! from the kernel (SCM_CREDENTIALS), never from what it claims, so a
+//! message counts only for the generation whose PID sent it.
+//!
+//! Two messages matter:
+//! - `READY=1`: the server's listeners are in the SO_REUSEPORT group;
+//! - `X_RELOADER_GATE=IP:PORT`: a cooperative server (see `reuse-server`)
+//!   has bound its sockets without listening, and answers its health check
+//!   on IP:PORT; it joins the group when sent SIGUSR2.
 
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 use tokio::sync::mpsc;
+
+/// The environment variable that tells a server it may use the gate.
+pub const GATE_ENV: &str = "RELOADER_GATE";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    Ready,
+    Gate(SocketAddr),
+}
 
 /// A bound notify socket; its path goes into each server's environment.
 pub struct Notify {
     pub path: PathBuf,
-    pub ready: mpsc::UnboundedReceiver<u32>,
+    /// (sender PID from the kernel, message).
+    pub notes: mpsc::UnboundedReceiver<(u32, Note)>,
+}
+
+/// Parses one datagram; `None` when it says nothing we act on.
+pub fn parse(text: &str) -> Option<Note> {
+    let mut note = None;
+    for line in text.lines() {
+        if line == "READY=1" {
+            note = Some(Note::Ready);
+        } else if let Some(addr) = line.strip_prefix("X_RELOADER_GATE=") {
+            if let Ok(a) = addr.trim().parse() {
+                return Some(Note::Gate(a));
+            }
+        }
+    }
+    note
 }
 
 impl Notify {
     /// Binds `path` (replacing a stale socket) and starts forwarding.
-    /// `READY=1` without `MAINPID` is forwarded as PID 0.
-    pub fn bind(path: &Path) -> std::io::Result<Notify> {
+    pub fn bind(path: &Path) -> io::Result<Notify> {
         let _ = std::fs::remove_file(path);
         let sock = UnixDatagram::bind(path)?;
-        let (tx, ready) = mpsc::unbounded_channel();
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt on our own open socket with a correctly sized int.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PASSCRED,
+                &on as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (tx, notes) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
-            while let Ok(n) = sock.recv(&mut buf).await {
-                let text = String::from_utf8_lossy(&buf[..n]);
-                if !text.lines().any(|l| l == "READY=1") {
-                    continue;
-                }
-                let pid = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("MAINPID="))
-                    .and_then(|p| p.trim().parse().ok())
-                    .unwrap_or(0);
-                if tx.send(pid).is_err() {
-                    break;
+            loop {
+                let got = sock
+                    .async_io(Interest::READABLE, || recv_with_pid(&sock, &mut buf))
+                    .await;
+                let Ok((n, pid)) = got else { break };
+                let Some(pid) = pid else { continue }; // no credentials: ignored
+                if let Some(note) = parse(&String::from_utf8_lossy(&buf[..n])) {
+                    if tx.send((pid, note)).is_err() {
+                        break;
+                    }
                 }
             }
         });
         Ok(Notify {
             path: path.to_owned(),
-            ready,
+            notes,
         })
+    }
+}
+
+/// One `recvmsg` with the sender's credentials (SO_PASSCRED makes the kernel
+/// attach them to every datagram).
+fn recv_with_pid(sock: &UnixDatagram, buf: &mut [u8]) -> io::Result<(usize, Option<u32>)> {
+    // Room for one cmsg carrying a `struct ucred`, aligned as cmsghdr wants.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: recvmsg on our own socket into buffers we own.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut pid = None;
+    // SAFETY: walking the control buffer the kernel filled, with its own macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
+                let cred = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::ucred);
+                pid = u32::try_from(cred.pid).ok().filter(|p| *p != 0);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, pid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ready_and_gate() {
+        assert_eq!(parse("READY=1\nMAINPID=42\n"), Some(Note::Ready));
+        assert_eq!(
+            parse("X_RELOADER_GATE=127.0.0.1:4000\nMAINPID=42\n"),
+            Some(Note::Gate("127.0.0.1:4000".parse().unwrap()))
+        );
+        assert_eq!(parse("STATUS=busy\n"), None);
+        assert_eq!(parse("X_RELOADER_GATE=nonsense\n"), None);
+    }
+
+    /// The PID comes from the kernel, not from MAINPID=.
+    #[tokio::test]
+    async fn the_sender_pid_comes_from_the_kernel() {
+        let path = std::env::temp_dir().join(format!("notify-test-{}.sock", std::process::id()));
+        let mut n = Notify::bind(&path).unwrap();
+        let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        s.send_to(b"READY=1\nMAINPID=1\n", &path).unwrap();
+        let (pid, note) = n.notes.recv().await.unwrap();
+        assert_eq!(note, Note::Ready);
+        assert_eq!(pid, std::process::id());
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -1,35 +1,44 @@
 //! The supervisor: keeps one healthy generation serving and replaces it on
-//! request, following a protocol that leaves no moment uncovered:
+//! request. New connections are held only while the SO_REUSEPORT group
+//! loses a listener, because that is the only moment the kernel can reset
+//! a client (a join sends SYNs to a listener that queues them; a close resets
+//! its queue and half-open handshakes).
 //!
-//! 1. hold (plug) before the new server can bind;
-//! 2. start it; wait until its listener is in the SO_REUSEPORT group, as the
-//!    kernel (sock_diag) or the server (`READY=1`) says;
-//! 3. check it serves (its PID answers, or `--health`) while still holding,
-//!    so a server that fails never serves a client; release;
-//! 4. hold; wait until no handshake is half done (sock_diag); SIGTERM the
-//!    old server; wait until its listener has left the group (sock_diag);
-//!    release;
-//! 5. wait for the old process to exit, SIGKILL at the drain timeout.
+//! A reload:
 //!
-//! A new server that exits, never listens or fails its check is stopped the
-//! same careful way, and the old one keeps serving (rollback).
+//! 1. start the new generation; nothing is held;
+//! 2. wait until it is bound: a cooperative server (`X_RELOADER_GATE`) has
+//!    bound without `listen()`, so it is not in the group yet; any other
+//!    server is in the group (`READY=1` from its PID, or sock_diag shows a
+//!    listener among its open sockets);
+//! 3. check it: on its gate address (it has no client yet; SIGUSR2 then
+//!    makes it join), or on the served port. A failure rolls back: the new
+//!    one is closed as in 4 and the old one keeps serving;
+//! 4. close the old one: hold; wait until no handshake is half done; SIGTERM;
+//!    wait until its listeners left the group; release. The hold never
+//!    outlasts `--hold-limit`, and is skipped when `tcp_migrate_req=1`;
+//! 5. it drains in the background; at `--drain-timeout` it is SIGKILLed
+//!    (held again for that instant if it still listens).
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::generation::Generation;
 use crate::health::Check;
 use crate::listeners::Listeners;
-use crate::notify::Notify;
+use crate::notify::{Note, Notify};
 use crate::swap::Swap;
 
-/// How often the kernel is asked about listeners while waiting on it.
+/// How often the kernel is asked while waiting on it.
 const POLL: Duration = Duration::from_millis(1);
+/// How often a starting server's sockets are looked at (reads `/proc`).
+const START_POLL: Duration = Duration::from_millis(2);
 /// The longest we wait for half-open handshakes to complete before closing
 /// a listener (a client that never sends its ACK must not stall a reload).
 const HALF_OPEN_WAIT: Duration = Duration::from_millis(500);
-/// Consecutive polls (POLL apart) that must see no half-open handshake.
+/// Consecutive polls (POLL apart) that must see no half-open handshake: a
+/// SYN that passed just before the hold may still be on its way.
 const SETTLE_POLLS: u32 = 5;
 
 pub struct Options {
@@ -38,131 +47,137 @@ pub struct Options {
     pub check: Check,
     pub ready_timeout: Duration,
     pub drain_timeout: Duration,
+    /// The longest one hold may last.
+    pub hold_limit: Duration,
+}
+
+/// What the steps share: options, the strategy, the kernel's answers.
+struct Ctx {
+    opts: Options,
+    swap: Box<dyn Swap>,
+    diag: Listeners,
+    notify: Notify,
 }
 
 pub struct Supervisor {
-    opts: Options,
-    swap: Box<dyn Swap>,
-    listeners: Option<Listeners>,
-    notify: Notify,
-    /// The server speaks sd_notify (learned from the first generation).
-    notify_supported: bool,
-    /// Keep the plug closed through the health check (its connections come
-    /// from an address the default plug lets through).
-    check_through_plug: bool,
+    ctx: Ctx,
     pub current: Generation,
+    /// A generation a reload is bringing up: kept here, so that no exit
+    /// path (error, SIGTERM mid-reload) leaves it running unsupervised.
+    pending: Option<Generation>,
+    /// Old generations out of the group, draining.
+    retiring: Vec<Generation>,
     next: u64,
+}
+
+/// How a new generation came up.
+enum Started {
+    /// Bound, not in the group; its check answers on this address.
+    Gate(SocketAddr),
+    /// In the group already.
+    Joined,
+}
+
+/// What closing a generation's listeners did.
+struct Closed {
+    held: Option<Duration>,
+    /// Its listeners left the group within the bound.
+    left: bool,
 }
 
 fn ms(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1e3)
 }
 
+fn opt_ms(d: Option<Duration>) -> String {
+    d.map_or("-".into(), ms)
+}
+
 pub fn log(msg: &str) {
     eprintln!("reloader: {msg}");
 }
 
-impl Supervisor {
-    /// Starts the first generation and waits until it is healthy.
-    pub async fn start(
-        opts: Options,
-        swap: Box<dyn Swap>,
-        notify: Notify,
-    ) -> Result<Supervisor, String> {
-        let listeners = match Listeners::open() {
-            Ok(l) => Some(l),
-            Err(e) => {
-                log(&format!(
-                    "warning: sock_diag unavailable ({e}); relying on READY=1 and process exit"
-                ));
-                None
-            }
-        };
-        let first = Generation::spawn(&opts.command, &notify.path)
-            .map_err(|e| format!("cannot start {:?}: {e}", opts.command[0]))?;
-        log(&format!("generation 1: started PID {}", first.pid));
-        let mut sup = Supervisor {
-            opts,
-            swap,
-            listeners,
-            notify,
-            notify_supported: false,
-            check_through_plug: false,
-            current: first,
-            next: 2,
-        };
-        sup.check_through_plug = sup.opts.check.bypasses_default_plug();
-        let t = Instant::now();
-        if let Err(e) = sup.wait_healthy_current(None).await {
-            sup.current.signal(libc::SIGKILL);
-            let _ = sup.current.child.wait().await;
-            return Err(format!("the first server never became healthy: {e}"));
-        }
-        // Learn whether it speaks sd_notify, and which sockets are its own.
-        let pid = sup.current.pid;
-        while let Ok(p) = sup.notify.ready.try_recv() {
-            sup.notify_supported |= p == pid || p == 0;
-        }
-        sup.current.listeners = sup.listening_now().unwrap_or_default();
-        log(&format!(
-            "generation 1: PID {pid} healthy after {} (listeners {:?}, sd_notify {})",
-            ms(t.elapsed()),
-            sup.current.listeners,
-            if sup.notify_supported { "yes" } else { "no" }
-        ));
-        Ok(sup)
+/// Whether `net.ipv4.tcp_migrate_req` is on in our network namespace (the
+/// server's). Absent (Linux < 5.14) means off.
+pub fn migrate_req() -> Result<bool, String> {
+    match std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req") {
+        Ok(s) => Ok(s.trim() == "1"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("reading net.ipv4.tcp_migrate_req: {e}")),
+    }
+}
+
+impl Ctx {
+    /// Listeners on our port (IPv4 and IPv6). A failed query is an error.
+    fn listening(&mut self) -> Result<BTreeSet<u32>, String> {
+        self.diag.on_port(self.opts.port).map_err(|e| {
+            format!("sock_diag query failed: {e} (the kernel needs inet_diag and tcp_diag)")
+        })
     }
 
-    fn listening_now(&mut self) -> Option<BTreeSet<u32>> {
-        let port = self.opts.port;
-        self.listeners.as_mut().and_then(|l| l.on_port(port).ok())
+    /// `gen`'s listeners in the group: sock_diag's listeners that are among
+    /// its open sockets.
+    fn its_listeners(&mut self, gen: &Generation) -> Result<BTreeSet<u32>, String> {
+        let all = self.listening()?;
+        if all.is_empty() {
+            return Ok(all);
+        }
+        let own = gen
+            .sockets()
+            .map_err(|e| format!("reading /proc/{}/fd: {e}", gen.pid))?;
+        Ok(all.intersection(&own).copied().collect())
     }
 
-    /// Checks the current generation until it passes, exits, or the ready
-    /// timeout. `held` is `Some` while the plug is held through the check:
-    /// if the check itself gets no answer, the plug is most likely holding
-    /// it too (a tree set up for every source), so the plug is released
-    /// (its hold time stored in `held`) and later reloads check unplugged.
-    async fn wait_healthy_current(
-        &mut self,
-        mut held: Option<&mut Option<Duration>>,
-    ) -> Result<Duration, String> {
-        let t = Instant::now();
-        let deadline = t + self.opts.ready_timeout;
-        // The most telling failure: one the new server itself gave, over one
-        // from an old server that happened to answer.
-        let mut telling: Option<String> = None;
+    /// Step 2: waits until `gen` is bound behind its gate or in the group.
+    async fn wait_started(&mut self, gen: &mut Generation) -> Result<Started, String> {
+        let deadline = Instant::now() + self.opts.ready_timeout;
         loop {
-            if let Some(status) = self.current.exited() {
-                return Err(format!("exited ({status}) before it was healthy"));
+            if let Some(status) = gen.exited() {
+                return Err(format!("new server PID {} exited ({status})", gen.pid));
             }
-            let mut last = match self
-                .opts
-                .check
-                .once(self.current.pid, Duration::from_secs(1))
-                .await
-            {
-                Ok(()) => return Ok(t.elapsed()),
-                Err(e) => e,
-            };
-            if last.contains("no answer within") {
-                if let Some(slot) = held.take() {
-                    log(
-                        "warning: the plug seems to hold the health check's own connections \
-                         (a tree for every source?): checking with the plug open from now on",
-                    );
-                    self.check_through_plug = false;
-                    *slot = self.swap.release()?;
+            while let Ok((pid, note)) = self.notify.notes.try_recv() {
+                match note {
+                    _ if pid != gen.pid => {} // another process: not its word
+                    Note::Gate(addr) => return Ok(Started::Gate(addr)),
+                    Note::Ready => {}
                 }
             }
-            if last.contains("the new server") {
-                telling = Some(last.clone());
-            } else if let Some(t) = &telling {
-                last = t.clone();
+            let mine = self.its_listeners(gen)?;
+            if !mine.is_empty() {
+                gen.listeners = mine;
+                return Ok(Started::Joined);
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "not healthy within {:?}: {last}",
+                    "new server PID {} did not bind port {} within {:?}",
+                    gen.pid, self.opts.port, self.opts.ready_timeout
+                ));
+            }
+            tokio::time::sleep(START_POLL).await;
+        }
+    }
+
+    /// Step 3: checks `gen` until it passes, exits, or the ready timeout.
+    async fn check(&mut self, gen: &mut Generation, at: Option<SocketAddr>) -> Result<(), String> {
+        let deadline = Instant::now() + self.opts.ready_timeout;
+        // The most telling failure: the new server's own answer.
+        let mut telling: Option<String> = None;
+        loop {
+            if let Some(status) = gen.exited() {
+                return Err(format!("exited ({status}) before it was healthy"));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let try_for = left.clamp(Duration::from_millis(10), Duration::from_secs(1));
+            match self.opts.check.once(gen.pid, at, try_for).await {
+                Ok(()) => return Ok(()),
+                Err(f) if f.by_new => telling = Some(f.text),
+                Err(f) if telling.is_none() && Instant::now() >= deadline => telling = Some(f.text),
+                Err(_) => {}
+            }
+            if Instant::now() >= deadline {
+                let why = telling.unwrap_or_else(|| "no answer".into());
+                return Err(format!(
+                    "not healthy within {:?}: {why}",
                     self.opts.ready_timeout
                 ));
             }
@@ -170,234 +185,298 @@ impl Supervisor {
         }
     }
 
-    /// Waits until `gen`'s listeners are in the group: `READY=1` from it when
-    /// the server speaks sd_notify, otherwise a listener on the port that
-    /// was not there before. Records its listeners.
-    async fn wait_listening(
-        &mut self,
-        gen: &mut Generation,
-        before: &BTreeSet<u32>,
-    ) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + self.opts.ready_timeout;
-        let can_poll = self.listeners.is_some();
+    /// A gated server passed its check: tell it to join, and wait until its
+    /// listeners are in the group.
+    async fn join(&mut self, gen: &mut Generation) -> Result<(), String> {
+        gen.signal(libc::SIGUSR2);
+        let deadline = Instant::now() + self.opts.ready_timeout;
+        let mut ready = false;
         loop {
             if let Some(status) = gen.exited() {
                 return Err(format!(
-                    "new server PID {} exited ({status}) before listening",
+                    "new server PID {} exited ({status}) while joining",
                     gen.pid
                 ));
             }
-            if self.notify_supported || !can_poll {
-                tokio::select! {
-                    pid = self.notify.ready.recv() => {
-                        if pid == Some(gen.pid) || pid == Some(0) {
-                            let now = self.listening_now().unwrap_or_default();
-                            gen.listeners = now.difference(before).copied().collect();
-                            return Ok(());
-                        }
-                    }
-                    _ = tokio::time::sleep(POLL) => {}
-                    _ = tokio::time::sleep_until(deadline) => {}
-                }
-            } else {
-                let now = self.listening_now().unwrap_or_default();
-                let new: BTreeSet<u32> = now.difference(before).copied().collect();
-                if !new.is_empty() {
-                    gen.listeners = new;
-                    return Ok(());
-                }
-                tokio::time::sleep(POLL).await;
+            while let Ok((pid, note)) = self.notify.notes.try_recv() {
+                ready |= pid == gen.pid && note == Note::Ready;
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "new server PID {} did not listen on port {} within {:?}",
-                    gen.pid, self.opts.port, self.opts.ready_timeout
-                ));
-            }
-        }
-    }
-
-    /// Waits until none of `gen`'s listeners is in the group any more (or it
-    /// exited). Without sock_diag, waits for the exit.
-    async fn wait_left(&mut self, gen: &mut Generation, deadline: Duration) -> Result<(), String> {
-        let end = Instant::now() + deadline;
-        if gen.listeners.is_empty() && self.listeners.is_some() {
-            return Ok(()); // it never joined the group
-        }
-        loop {
-            if gen.exited().is_some() {
+            let mine = self.its_listeners(gen)?;
+            // READY=1 comes after its last listen(); without it, one is enough.
+            if ready && !mine.is_empty() {
+                gen.listeners = mine;
                 return Ok(());
             }
-            if !gen.listeners.is_empty() {
-                if let Some(now) = self.listening_now() {
-                    if gen.listeners.is_disjoint(&now) {
-                        return Ok(());
-                    }
-                }
-            }
-            if Instant::now() >= end {
+            if Instant::now() >= deadline {
+                gen.listeners = mine;
                 return Err(format!(
-                    "PID {} still listening after {deadline:?}",
-                    gen.pid
+                    "new server PID {} passed its check but did not join within {:?}",
+                    gen.pid, self.opts.ready_timeout
                 ));
             }
             tokio::time::sleep(POLL).await;
         }
     }
 
-    /// Waits until no handshake to our port is half done, as sock_diag
-    /// reports it, for SETTLE_POLLS polls in a row: a SYN that left the
-    /// plug just before the hold may still be on its way to the listener,
-    /// where it would become a half-open handshake the close would reset.
-    async fn wait_no_half_open(&mut self) {
-        let port = self.opts.port;
-        let Some(l) = self.listeners.as_mut() else {
-            return;
-        };
-        let end = Instant::now() + HALF_OPEN_WAIT;
+    /// Waits (until `end`) for no handshake to our port to be half done.
+    async fn wait_no_half_open(&mut self, end: Instant) -> Result<(), String> {
+        let end = end.min(Instant::now() + HALF_OPEN_WAIT);
         let mut quiet = 0;
         while quiet < SETTLE_POLLS && Instant::now() < end {
-            match l.half_open(port) {
+            match self.diag.half_open(self.opts.port) {
                 Ok(0) => quiet += 1,
                 Ok(_) => quiet = 0,
-                Err(_) => return,
+                Err(e) => return Err(format!("sock_diag query failed: {e}")),
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(())
+    }
+
+    /// Waits until none of `gen`'s listeners is in the group (or it
+    /// exited), until `end`. Returns whether they left.
+    async fn wait_left(&mut self, gen: &mut Generation, end: Instant) -> Result<bool, String> {
+        loop {
+            if gen.exited().is_some() {
+                return Ok(true);
+            }
+            if gen.listeners.is_disjoint(&self.listening()?) {
+                return Ok(true);
+            }
+            if Instant::now() >= end {
+                return Ok(false);
             }
             tokio::time::sleep(POLL).await;
         }
     }
 
-    /// Takes `gen` out of the group under protection and waits for it to exit.
-    /// Returns (hold time, drain time, killed).
-    async fn retire(
-        &mut self,
-        gen: &mut Generation,
-    ) -> Result<(Option<Duration>, Duration, bool), String> {
-        if gen.listeners.is_empty() && self.listeners.is_some() {
+    /// Step 4: takes `gen` out of the group with `signal`, holding new
+    /// connections for that instant only (and never past the hold limit).
+    async fn close(&mut self, gen: &mut Generation, signal: i32) -> Result<Closed, String> {
+        if gen.exited().is_none() {
+            // Every listener it has now, including any bound after it joined.
+            let now = self.its_listeners(gen)?;
+            gen.listeners.extend(now);
+        }
+        if gen.exited().is_some() || gen.listeners.is_empty() {
             // Not in the group: nothing to protect.
-            gen.signal(libc::SIGTERM);
-            let t = Instant::now();
-            let (_, killed) = gen.wait_or_kill(self.opts.drain_timeout).await;
-            return Ok((None, t.elapsed(), killed));
+            gen.signal(signal);
+            gen.stopping_since.get_or_insert_with(Instant::now);
+            return Ok(Closed {
+                held: None,
+                left: true,
+            });
         }
-        self.swap.hold()?;
-        // SYNs that passed before the hold may be half-way through their
-        // handshake with the old listener; closing it now would reset them.
-        self.wait_no_half_open().await;
-        gen.signal(libc::SIGTERM);
-        let left = self.wait_left(gen, self.opts.drain_timeout).await;
-        if left.is_err() {
-            gen.signal(libc::SIGKILL);
+        let hold = self.swap.protects() && !migrate_req()?;
+        let end = Instant::now()
+            + if hold {
+                self.opts.hold_limit
+            } else {
+                self.opts.drain_timeout
+            };
+        if hold {
+            self.swap.hold()?;
+            if let Err(e) = self.wait_no_half_open(end).await {
+                self.swap.release_quietly();
+                return Err(e);
+            }
         }
-        let hold = self.swap.release()?;
+        gen.signal(signal);
+        gen.stopping_since.get_or_insert_with(Instant::now);
+        let left = self.wait_left(gen, end).await;
+        let held = if hold { self.swap.release()? } else { None };
+        Ok(Closed { held, left: left? })
+    }
+}
+
+impl Supervisor {
+    /// Starts the first generation and waits until it is healthy.
+    pub async fn start(opts: Options, swap: Box<dyn Swap>, notify: Notify) -> Result<Self, String> {
+        let mut diag =
+            Listeners::open().map_err(|e| format!("cannot open a sock_diag socket: {e}"))?;
+        // Ask once now: a kernel without tcp_diag must stop us here, not
+        // make every reload unprotected.
+        diag.on_port(opts.port).map_err(|e| {
+            format!("sock_diag cannot list TCP listeners: {e}; load the tcp_diag module (modprobe tcp_diag)")
+        })?;
+        let first = Generation::spawn(1, &opts.command, &notify.path)
+            .map_err(|e| format!("cannot start {:?}: {e}", opts.command[0]))?;
+        log(&format!("generation 1: started PID {}", first.pid));
+        let mut sup = Supervisor {
+            ctx: Ctx {
+                opts,
+                swap,
+                diag,
+                notify,
+            },
+            current: first,
+            pending: None,
+            retiring: Vec::new(),
+            next: 2,
+        };
         let t = Instant::now();
-        let (_, killed) = gen.wait_or_kill(self.opts.drain_timeout).await;
-        Ok((hold, t.elapsed(), killed || left.is_err()))
+        match Self::bring_up(&mut sup.ctx, &mut sup.current).await {
+            Ok(how) => {
+                log(&format!(
+                    "generation 1: PID {} healthy after {} ({how}, listeners {:?})",
+                    sup.current.pid,
+                    ms(t.elapsed()),
+                    sup.current.listeners
+                ));
+                Ok(sup)
+            }
+            Err(e) => {
+                sup.current.signal(libc::SIGKILL);
+                let _ = sup.current.child.wait().await;
+                Err(format!("the first server never became healthy: {e}"))
+            }
+        }
+    }
+
+    /// Steps 2 and 3 for `gen`. On success it is in the group and healthy.
+    async fn bring_up(ctx: &mut Ctx, gen: &mut Generation) -> Result<&'static str, String> {
+        match ctx.wait_started(gen).await? {
+            Started::Gate(addr) => {
+                ctx.check(gen, Some(addr)).await?;
+                ctx.join(gen).await?;
+                Ok("checked on its gate, then joined")
+            }
+            Started::Joined => {
+                ctx.check(gen, None).await?;
+                Ok("joined, then checked on the port")
+            }
+        }
     }
 
     /// One reload. `Ok` with the log line when the new generation took over;
     /// `Err` with the reason when it rolled back (the old one still serves).
     pub async fn reload(&mut self) -> Result<String, String> {
+        self.reap().await;
         let t0 = Instant::now();
         let number = self.next;
         self.next += 1;
         let old_pid = self.current.pid;
-        let before = self.listening_now().unwrap_or_default();
         // Readiness messages left over from earlier generations are stale.
-        while self.notify.ready.try_recv().is_ok() {}
+        while self.ctx.notify.notes.try_recv().is_ok() {}
 
-        self.swap.hold()?;
-        let mut new = match Generation::spawn(&self.opts.command, &self.notify.path) {
-            Ok(g) => g,
-            Err(e) => {
-                self.swap.release_quietly();
-                return Err(format!(
+        let spawned = Generation::spawn(number, &self.ctx.opts.command, &self.ctx.notify.path)
+            .map_err(|e| {
+                format!(
                     "reload #{number}: cannot start {:?}: {e}; PID {old_pid} keeps serving",
-                    self.opts.command[0]
-                ));
-            }
-        };
-        let listening = self.wait_listening(&mut new, &before).await;
-        let t_listen = t0.elapsed();
-        if let Err(why) = listening {
-            // The plug is still holding. Whatever it bound (if anything) is
-            // taken out under it.
-            let now = self.listening_now().unwrap_or_default();
-            new.listeners = now.difference(&before).copied().collect();
-            new.signal(libc::SIGTERM);
-            let _ = self.wait_left(&mut new, self.opts.drain_timeout).await;
-            self.swap.release_quietly();
-            let _ = new.wait_or_kill(self.opts.drain_timeout).await;
+                    self.ctx.opts.command[0]
+                )
+            })?;
+        let new = self.pending.insert(spawned);
+        let up = Self::bring_up(&mut self.ctx, new).await;
+        let t_up = t0.elapsed();
+        if let Err(why) = up {
+            let mut new = self.pending.take().expect("pending generation");
+            let pid = new.pid;
+            let closed = self.ctx.close(&mut new, libc::SIGTERM).await;
+            self.retire(new, closed.as_ref().ok());
+            let held = closed?.held;
             return Err(format!(
-                "reload #{number}: rolled back: {why}; PID {old_pid} keeps serving"
+                "reload #{number}: rolled back: new server PID {pid}: {why}; PID {old_pid} keeps serving (held {})",
+                opt_ms(held)
             ));
         }
-        // A new server gets client connections as soon as the plug opens.
-        // Keep it closed until the server has passed its check, so a server
-        // that fails it never serves a client (the check's own connections
-        // come from an address the plug lets through).
-        let hold_through_check = self.check_through_plug;
-        let mut hold1 = None;
-        if !hold_through_check {
-            hold1 = self.swap.release()?;
-        }
 
-        let t_check = Instant::now();
-        let mut released_early = None;
-        let healthy = {
-            std::mem::swap(&mut self.current, &mut new);
-            let r = self
-                .wait_healthy_current(hold_through_check.then_some(&mut released_early))
-                .await;
-            std::mem::swap(&mut self.current, &mut new);
-            r
-        };
-        if released_early.is_some() {
-            hold1 = released_early;
-        }
-        if let Err(why) = healthy {
-            let _ = self.retire(&mut new).await;
-            return Err(format!(
-                "reload #{number}: rolled back: new server PID {} failed its check: {why}; PID {old_pid} keeps serving",
-                new.pid
-            ));
-        }
-        let check = t_check.elapsed();
-        if hold_through_check && hold1.is_none() {
-            hold1 = self.swap.release()?;
-        }
-
-        let mut old = std::mem::replace(&mut self.current, new);
-        let (hold2, drain, killed) = self.retire(&mut old).await?;
-        let mut line = format!(
-            "reload #{number}: ok, PID {old_pid} -> {} | listening {} | hold {} | check {} | hold {} | drain {}{} | total {}",
+        // Step 4 on the current generation, which stays reachable in `self`
+        // until it is out of the group.
+        let closed = self.ctx.close(&mut self.current, libc::SIGTERM).await;
+        let new = self.pending.take().expect("pending generation");
+        let old = std::mem::replace(&mut self.current, new);
+        self.retire(old, closed.as_ref().ok());
+        let closed = closed?;
+        Ok(format!(
+            "reload #{number}: ok, PID {old_pid} -> {} | up {} | held {}{} | total {} [{}]",
             self.current.pid,
-            ms(t_listen),
-            hold1.map_or("-".into(), ms),
-            ms(check),
-            hold2.map_or("-".into(), ms),
-            ms(drain),
-            if killed { " (SIGKILL)" } else { "" },
+            ms(t_up),
+            opt_ms(closed.held),
+            if closed.left {
+                ""
+            } else {
+                " (hold limit reached: old listener still open, SIGKILL at the drain timeout)"
+            },
             ms(t0.elapsed()),
-        );
-        let _ = write!(line, " [{}]", self.swap.name());
-        Ok(line)
+            self.ctx.swap.name(),
+        ))
     }
 
-    /// Stops the current server (SIGTERM, SIGKILL at the drain timeout) and
-    /// releases the plug.
-    pub async fn shutdown(&mut self) {
-        self.current.signal(libc::SIGTERM);
-        let (status, killed) = self.current.wait_or_kill(self.opts.drain_timeout).await;
-        self.swap.release_quietly();
-        log(&format!(
-            "stopped PID {}: {}{}",
-            self.current.pid,
-            status.map_or("unknown status".into(), |s| s.to_string()),
-            if killed {
-                " (SIGKILL at the drain timeout)"
-            } else {
-                ""
+    /// Keeps a stopped generation until it exits (see `reap`).
+    fn retire(&mut self, mut gen: Generation, closed: Option<&Closed>) {
+        if closed.is_some_and(|c| !c.left) {
+            log(&format!(
+                "generation {} PID {}: still listening after the hold limit ({:?}); released the hold, it will be SIGKILLed at the drain timeout",
+                gen.number, gen.pid, self.ctx.opts.hold_limit
+            ));
+        }
+        gen.stopping_since.get_or_insert_with(Instant::now);
+        self.retiring.push(gen);
+    }
+
+    /// Whether old generations are still draining.
+    pub fn draining(&self) -> bool {
+        !self.retiring.is_empty()
+    }
+
+    /// Reaps drained generations; SIGKILLs those past the drain timeout,
+    /// holding for the instant if one still listens.
+    pub async fn reap(&mut self) {
+        let drain = self.ctx.opts.drain_timeout;
+        let mut i = 0;
+        while i < self.retiring.len() {
+            let gen = &mut self.retiring[i];
+            if gen.exited().is_some() {
+                self.retiring.swap_remove(i);
+                continue;
             }
-        ));
+            if gen.stopping_since.is_some_and(|t| t.elapsed() >= drain) {
+                let mut gen = self.retiring.swap_remove(i);
+                let closed = self.ctx.close(&mut gen, libc::SIGKILL).await;
+                let _ = gen.child.wait().await;
+                log(&format!(
+                    "generation {} PID {}: SIGKILLed at the drain timeout ({drain:?}); held {}",
+                    gen.number,
+                    gen.pid,
+                    match closed {
+                        Ok(c) => opt_ms(c.held),
+                        Err(e) => format!("- ({e})"),
+                    }
+                ));
+                continue;
+            }
+            i += 1;
+        }
+    }
+
+    /// Stops every generation (SIGTERM, SIGKILL at the drain timeout) and
+    /// releases the plug. Safe after a reload was cancelled half-way.
+    pub async fn shutdown(&mut self) {
+        self.ctx.swap.release_quietly();
+        let drain = self.ctx.opts.drain_timeout;
+        if let Some(mut p) = self.pending.take() {
+            p.stop();
+            self.retiring.push(p);
+        }
+        self.current.stop();
+        let mut all: Vec<&mut Generation> = self.retiring.iter_mut().collect();
+        all.push(&mut self.current);
+        for gen in all {
+            let (status, killed) = gen.wait_or_kill(drain).await;
+            log(&format!(
+                "stopped generation {} PID {}: {}{}",
+                gen.number,
+                gen.pid,
+                status.map_or("unknown status".into(), |s| s.to_string()),
+                if killed {
+                    " (SIGKILL at the drain timeout)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        self.retiring.clear();
+        self.ctx.swap.release_quietly();
     }
 }

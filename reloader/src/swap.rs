@@ -1,7 +1,6 @@
 //! How new connections are protected while the SO_REUSEPORT group changes.
-//! The supervisor calls `hold` just before a group change (a new server
-//! binds, an old one closes) and `release` right after the kernel shows it
-//! happened. A strategy is one value behind this trait; socket handoff and
+//! The supervisor calls `hold` just before a listener leaves the group and
+//! `release` right after the kernel shows it left (or at the hold limit). A strategy is one value behind this trait; socket handoff and
 //! `tcp_migrate_req` strategies fit the same place.
 
 use std::time::{Duration, Instant};
@@ -10,6 +9,9 @@ use qdisc::Plug;
 
 pub trait Swap {
     fn name(&self) -> &'static str;
+    /// Whether `hold` really holds (the supervisor waits out half-open
+    /// handshakes only then).
+    fn protects(&self) -> bool;
     /// New connections must wait from now on.
     fn hold(&mut self) -> Result<(), String>;
     /// New connections may proceed; returns how long they were held.
@@ -35,6 +37,10 @@ impl PlugSwap {
 impl Swap for PlugSwap {
     fn name(&self) -> &'static str {
         "plug"
+    }
+
+    fn protects(&self) -> bool {
+        true
     }
 
     fn hold(&mut self) -> Result<(), String> {
@@ -67,6 +73,10 @@ pub struct NoSwap;
 impl Swap for NoSwap {
     fn name(&self) -> &'static str {
         "none"
+    }
+
+    fn protects(&self) -> bool {
+        false
     }
 
     fn hold(&mut self) -> Result<(), String> {

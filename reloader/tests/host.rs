@@ -60,7 +60,8 @@ fn strategy_none_reloads_over_the_control_socket_and_stops_cleanly() {
             .expect("reloader exits on SIGTERM");
         assert!(status.success(), "{status:?}: {:?}", r.drain_log());
         assert!(
-            r.wait_line("stopped PID", Duration::from_secs(5)).is_some(),
+            r.wait_line("stopped generation", Duration::from_secs(5))
+                .is_some(),
             "{:?}",
             r.log
         );

@@ -15,6 +15,13 @@ pub mod serve;
 pub use listen::{bind_all, inherited, parse_listen, ListenError, Listener};
 pub use serve::{serve, DrainReport, ServeOptions};
 
+/// Set by a supervisor that speaks the join gate (the `reloader`): bind the
+/// port without listening, announce a health-check address with
+/// `X_RELOADER_GATE=IP:PORT` over `NOTIFY_SOCKET`, and `listen()` (join the
+/// SO_REUSEPORT group) only on SIGUSR2. A server that fails its check then
+/// never receives a client connection.
+pub const GATE_ENV: &str = "RELOADER_GATE";
+
 /// Prefix for every log line: the binary name and our PID, so the lines of
 /// two generations sharing one stderr can be told apart.
 pub fn log_prefix() -> String {

@@ -80,8 +80,52 @@ pub fn default_backlog() -> i32 {
 }
 
 /// Binds every address with SO_REUSEADDR, SO_REUSEPORT and TCP_NODELAY, or
-/// none of them.
+/// none of them, and listens on each.
 pub fn bind_all(addrs: &[SocketAddr], backlog: i32) -> Result<Vec<Listener>, ListenError> {
+    bind_all_as(addrs, Some(backlog))
+}
+
+/// As `bind_all`, but without `listen()`: the sockets hold the port yet are
+/// not in its SO_REUSEPORT group (a socket joins at `listen()`), so no client
+/// is sent to them until `join`.
+pub fn bind_all_unjoined(addrs: &[SocketAddr]) -> Result<Vec<Listener>, ListenError> {
+    bind_all_as(addrs, None)
+}
+
+/// Joins the SO_REUSEPORT group: `listen()` on sockets from `bind_all_unjoined`.
+pub fn join(listeners: &[Listener], backlog: i32) -> Result<(), ListenError> {
+    for l in listeners {
+        SockRef::from(&l.socket)
+            .listen(backlog)
+            .map_err(|source| ListenError::Bind {
+                addr: l.addr,
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// A plain listener on an ephemeral loopback port of `like`'s family, for a
+/// supervisor's health check before we join the group.
+pub fn check_listener(like: SocketAddr) -> Result<Listener, ListenError> {
+    let ip: std::net::IpAddr = match like {
+        SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+    };
+    let want = SocketAddr::new(ip, 0);
+    let socket =
+        TcpListener::bind(want).map_err(|source| ListenError::Bind { addr: want, source })?;
+    let addr = socket
+        .local_addr()
+        .map_err(|source| ListenError::Bind { addr: want, source })?;
+    Ok(Listener {
+        socket,
+        addr,
+        inherited: None,
+    })
+}
+
+fn bind_all_as(addrs: &[SocketAddr], backlog: Option<i32>) -> Result<Vec<Listener>, ListenError> {
     addrs
         .iter()
         .map(|&addr| {
@@ -94,7 +138,7 @@ pub fn bind_all(addrs: &[SocketAddr], backlog: i32) -> Result<Vec<Listener>, Lis
         .collect()
 }
 
-fn bind_one(addr: SocketAddr, backlog: i32) -> Result<TcpListener, ListenError> {
+fn bind_one(addr: SocketAddr, backlog: Option<i32>) -> Result<TcpListener, ListenError> {
     let err = |source: io::Error| {
         if source.raw_os_error() == Some(libc::EADDRINUSE) {
             ListenError::InUse { addr }
@@ -113,7 +157,9 @@ fn bind_one(addr: SocketAddr, backlog: i32) -> Result<TcpListener, ListenError> 
     // Inherited by every accepted socket on Linux.
     socket.set_tcp_nodelay(true).map_err(err)?;
     socket.bind(&addr.into()).map_err(err)?;
-    socket.listen(backlog).map_err(err)?;
+    if let Some(backlog) = backlog {
+        socket.listen(backlog).map_err(err)?;
+    }
     Ok(socket.into())
 }
 

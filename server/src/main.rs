@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use server::{listen, notify, ServeOptions};
+use server::{listen, notify, ServeOptions, GATE_ENV};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// A hyper server on SO_REUSEPORT sockets that answers every request with its
@@ -32,6 +32,11 @@ struct Cli {
     /// a supervisor's health gate).
     #[arg(long, value_name = "CODE", default_value_t = 200, value_parser = clap::value_parser!(u16).range(100..=599))]
     status: u16,
+
+    /// Block SIGTERM, as a misbehaving server might (to test a supervisor's
+    /// close bound and drain timeout). SIGINT and SIGQUIT still work.
+    #[arg(long)]
+    ignore_sigterm: bool,
 }
 
 fn main() -> ExitCode {
@@ -47,17 +52,45 @@ fn main() -> ExitCode {
             cli.drain_timeout
         ));
     }
-    let listeners = match listen::inherited() {
-        Ok(Some(inherited)) => inherited,
+    if cli.ignore_sigterm {
+        // Blocked before any thread exists, so every thread inherits the mask.
+        // SAFETY: plain sigset manipulation on a local set.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+    }
+    // A supervisor that speaks the gate lets us bind without joining the
+    // SO_REUSEPORT group, pass its check on a private address, then join.
+    let gated = std::env::var_os(GATE_ENV).is_some();
+    std::env::remove_var(GATE_ENV);
+    let (listeners, gated) = match listen::inherited() {
+        Ok(Some(inherited)) => (inherited, false),
         Ok(None) => {
             let addrs: Result<Vec<SocketAddr>, _> =
                 cli.listen.iter().map(|s| listen::parse_listen(s)).collect();
-            match addrs.and_then(|addrs| listen::bind_all(&addrs, cli.backlog)) {
-                Ok(bound) => bound,
+            let bound = addrs.and_then(|addrs| {
+                if gated {
+                    listen::bind_all_unjoined(&addrs)
+                } else {
+                    listen::bind_all(&addrs, cli.backlog)
+                }
+            });
+            match bound {
+                Ok(bound) => (bound, gated),
                 Err(e) => return fail(e.to_string()),
             }
         }
         Err(e) => return fail(e.to_string()),
+    };
+    let check = match gated {
+        true => match listen::check_listener(listeners[0].addr) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(e.to_string()),
+        },
+        false => None,
     };
     let opts = ServeOptions {
         drain_timeout: Duration::from_secs_f64(cli.drain_timeout),
@@ -82,6 +115,36 @@ fn main() -> ExitCode {
             (Ok(t), Ok(i), Ok(q)) => (t, i, q),
             _ => return fail("cannot install signal handlers".into()),
         };
+        if let Some(check) = check {
+            // Serve the check address until the supervisor says join
+            // (SIGUSR2) or stop (SIGTERM/SIGINT: we never joined, nothing to drain).
+            let Ok(mut usr2) = signal(SignalKind::user_defined2()) else {
+                return fail("cannot install signal handlers".into());
+            };
+            eprintln!("{prefix}: bound, waiting to join; health check on {}", check.addr);
+            if let Err(e) = notify::gate(check.addr) {
+                eprintln!("{prefix}: warning: NOTIFY_SOCKET: cannot send the gate: {e}");
+            }
+            let mut join = false;
+            let decided = async {
+                join = tokio::select! {
+                    _ = usr2.recv() => true,
+                    _ = term.recv() => false,
+                    _ = int.recv() => false,
+                };
+            };
+            let check_opts = ServeOptions { drain_timeout: Duration::from_secs(1), ..opts.clone() };
+            if let Err(e) = server::serve(vec![check], decided, check_opts).await {
+                return fail(format!("cannot serve the health check: {e}"));
+            }
+            if !join {
+                eprintln!("{prefix}: exit (stopped before joining)");
+                return ExitCode::SUCCESS;
+            }
+            if let Err(e) = listen::join(&listeners, cli.backlog) {
+                return fail(e.to_string());
+            }
+        }
         for l in &listeners {
             eprintln!("{prefix}: listening on {l}");
         }

@@ -62,6 +62,17 @@ pub fn syn_keys_v6(source: Option<Ipv6Addr>) -> Vec<Key> {
     keys
 }
 
+/// Destination port `port` (IPv4 without options: TCP header at 20, the
+/// port in its bytes 2-3).
+pub fn dport_key_v4(port: u16) -> Key {
+    key(u32::from(port), 0x0000_ffff, 20)
+}
+
+/// Destination port `port` (IPv6 without extension headers: TCP header at 40).
+pub fn dport_key_v6(port: u16) -> Key {
+    key(u32::from(port), 0x0000_ffff, 40)
+}
+
 /// A u32 filter in the root hash table; the kernel picks its handle.
 pub fn add(
     ifindex: i32,

@@ -50,6 +50,15 @@ cap u32_add_ipv6    44 tc filter add dev lo parent 1: protocol ipv6 prio 2 u32 \
     match u32 0x00000600 0x0000ff00 at 4 match u32 0x00020000 0x00120000 at 52 \
     match u32 0x00000000 0xffffffff at 8 match u32 0x00000000 0xffffffff at 12 \
     match u32 0x00000000 0xffffffff at 16 match u32 0x00000001 0xffffffff at 20 flowid 1:4
+cap u32_add_ip_port 44 tc filter add dev lo parent 1: protocol ip prio 1 u32 \
+    match u32 0x00060000 0x00ff0000 at 8 match u32 0x05000000 0x0f000000 at 0 \
+    match u32 0x00020000 0x00120000 at 32 match u32 0x7f000001 0xffffffff at 12 \
+    match u32 0x00001b58 0x0000ffff at 20 flowid 1:4
+cap u32_add_ipv6_port 44 tc filter add dev lo parent 1: protocol ipv6 prio 2 u32 \
+    match u32 0x00000600 0x0000ff00 at 4 match u32 0x00020000 0x00120000 at 52 \
+    match u32 0x00000000 0xffffffff at 8 match u32 0x00000000 0xffffffff at 12 \
+    match u32 0x00000000 0xffffffff at 16 match u32 0x00000001 0xffffffff at 20 \
+    match u32 0x00001b58 0x0000ffff at 40 flowid 1:4
 cap root_del        37 tc qdisc del dev lo root
 cap filter_del      45 tc filter del dev lo parent 1: prio 2 protocol ipv6
 
@@ -61,4 +70,6 @@ nft_script() { printf '%s\n' \
 nft_script ip "ip saddr 127.0.0.1"; cap nft_install_ip 16 nft -f /tmp/golden-ip.nft
 nft_script ip6 "ip6 saddr ::1"; cap nft_install_ip6 16 nft -f /tmp/golden-ip6.nft
 nft_script ip ""; cap nft_install_ip_any 16 nft -f /tmp/golden-ip.nft
+nft_script ip "ip saddr 127.0.0.1 tcp dport 7000"; cap nft_install_ip_port 16 nft -f /tmp/golden-ip.nft
+nft_script ip6 "ip6 saddr ::1 tcp dport 7000"; cap nft_install_ip6_port 16 nft -f /tmp/golden-ip6.nft
 cap nft_delete_ip 16 nft delete table ip reuse_plug

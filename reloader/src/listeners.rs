@@ -11,6 +11,7 @@ use qdisc::socket::Socket;
 use qdisc::wire::{Message, NLM_F_DUMP, NLM_F_REQUEST};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const TCP_ESTABLISHED: u32 = 1;
 const TCP_LISTEN: u32 = 10;
 /// A request socket: a SYN was answered, the handshake's last ACK has not
 /// arrived (SYN_RECV).
@@ -63,6 +64,16 @@ impl Listeners {
     /// clients would be reset.
     pub fn half_open(&mut self, port: u16) -> Result<usize> {
         Ok(self.query(port, TCP_NEW_SYN_RECV)?.len())
+    }
+
+    /// Inodes of established connections to `port` (0 for one still in an
+    /// accept queue: no process owns it yet).
+    pub fn established(&mut self, port: u16) -> Result<Vec<u32>> {
+        Ok(self
+            .query(port, TCP_ESTABLISHED)?
+            .into_iter()
+            .map(|(_, inode)| inode)
+            .collect())
     }
 
     fn query(&mut self, port: u16, state: u32) -> Result<Vec<(u16, u32)>> {

@@ -233,6 +233,26 @@ impl Ctx {
         Ok(())
     }
 
+    /// Before a SIGKILL: waits (until `end`) until `gen` has no connection
+    /// to our port open and none waits in an accept queue, so the kill cuts
+    /// no request. New ones are held meanwhile.
+    async fn wait_idle(&mut self, gen: &Generation, end: Instant) -> Result<(), String> {
+        while Instant::now() < end {
+            let est = self
+                .diag
+                .established(self.opts.port)
+                .map_err(|e| format!("sock_diag query failed: {e}"))?;
+            let own = gen
+                .sockets()
+                .map_err(|e| format!("reading /proc/{}/fd: {e}", gen.pid))?;
+            if !est.iter().any(|i| *i == 0 || own.contains(i)) {
+                return Ok(());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(())
+    }
+
     /// Waits until none of `gen`'s listeners is in the group (or it
     /// exited), until `end`. Returns whether they left.
     async fn wait_left(&mut self, gen: &mut Generation, end: Instant) -> Result<bool, String> {
@@ -276,7 +296,11 @@ impl Ctx {
             };
         if hold {
             self.swap.hold()?;
-            if let Err(e) = self.wait_no_half_open(end).await {
+            let mut settled = self.wait_no_half_open(end).await;
+            if settled.is_ok() && signal == libc::SIGKILL {
+                settled = self.wait_idle(gen, end).await;
+            }
+            if let Err(e) = settled {
                 self.swap.release_quietly();
                 return Err(e);
             }

@@ -212,7 +212,12 @@ fn run(mut a: Args, demo: bool) -> Result<()> {
 }
 
 /// One row of the table, from one TSV.
-fn row(name: &str, tsv: &Path, reloads: Option<(u64, u64)>) -> Result<String> {
+fn row(
+    name: &str,
+    tsv: &Path,
+    reloads: Option<(u64, u64)>,
+    held: Option<(f64, f64)>,
+) -> Result<(String, Summary)> {
     let text =
         std::fs::read_to_string(tsv).with_context(|| format!("reading {}", tsv.display()))?;
     let records = read_tsv(&text);
@@ -241,8 +246,9 @@ fn row(name: &str, tsv: &Path, reloads: Option<(u64, u64)>) -> Result<String> {
             ok.to_string()
         }
     });
-    Ok(format!(
-        "| {name} | {} | {failures} | {reloads} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+    let held = held.map_or("-".into(), |(p50, max)| format!("{p50:.1} / {max:.1}"));
+    let line = format!(
+        "| {name} | {} | {failures} | {reloads} | {held} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
         records.len(),
         s.mean,
         s.stddev,
@@ -250,25 +256,52 @@ fn row(name: &str, tsv: &Path, reloads: Option<(u64, u64)>) -> Result<String> {
         s.p99,
         s.p999,
         s.max
-    ))
+    );
+    Ok((line, s))
+}
+
+/// Held time per successful reload (median, max, in ms) from a reloader
+/// log's `reload #N: ok ... | held X.Yms |` lines; a reload that held
+/// nothing (`held -`) counts as 0.
+fn held_times(log: &str) -> Option<(f64, f64)> {
+    let mut v: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains(": ok, PID"))
+        .filter_map(|l| {
+            let rest = l.split("| held ").nth(1)?;
+            let word = rest.split_whitespace().next()?;
+            Some(word.trim_end_matches("ms").parse().unwrap_or(0.0))
+        })
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some((v[v.len() / 2], v[v.len() - 1]))
 }
 
 fn report(a: &Args, kernel: &str, emulated: bool) -> Result<String> {
     let mut t = String::new();
     writeln!(
         t,
-        "| run | requests | failed | reloads | mean ms | stddev | p50 | p99 | p99.9 | max |"
+        "| run | requests | failed | reloads | held ms per reload (p50 / max) | mean ms | stddev | p50 | p99 | p99.9 | max |"
     )?;
-    writeln!(t, "|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|")?;
     for (name, mean, sd, p99, max) in SEED {
         writeln!(
             t,
-            "| {name} | 100000 | 0 | - | {mean:.3} | {sd:.1} | - | {p99:.0} | - | {max:.0} |"
+            "| {name} | 100000 | 0 | - | - | {mean:.3} | {sd:.1} | - | {p99:.0} | - | {max:.0} |"
         )?;
     }
+    let mut ratios = String::new();
     for c in &a.concurrency {
+        let mut by_strategy = Vec::new();
         let base = a.out.join(format!("baseline-c{c}.tsv"));
-        writeln!(t, "{}", row(&format!("baseline, c={c}"), &base, None)?)?;
+        writeln!(
+            t,
+            "{}",
+            row(&format!("baseline, c={c}"), &base, None, None)?.0
+        )?;
         plot(&base, &format!("baseline, c={c}"))?;
         if *c == 1 {
             if let Some(ab) = ab_row(&a.out)? {
@@ -284,12 +317,31 @@ fn report(a: &Args, kernel: &str, emulated: bool) -> Result<String> {
                         let mut it = x.lines().map(|l| l.trim().parse::<u64>().unwrap_or(0));
                         Some((it.next()?, it.next().unwrap_or(0)))
                     });
+            let held = std::fs::read_to_string(a.out.join(format!("reloading-{s}-c{c}.log")))
+                .ok()
+                .and_then(|log| held_times(&log));
             let name = format!("reloading every 100 ms, strategy {s}, c={c}");
-            writeln!(t, "{}", row(&name, &tsv, reloads)?)?;
+            let (line, summary) = row(&name, &tsv, reloads, held)?;
+            writeln!(t, "{line}")?;
+            by_strategy.push((s.clone(), summary));
             plot(&tsv, &name)?;
+        }
+        if let Some((_, none)) = by_strategy.iter().find(|(s, _)| s == "none") {
+            for (s, x) in by_strategy.iter().filter(|(s, _)| s != "none") {
+                writeln!(
+                    ratios,
+                    "- c={c}: {s} / none: mean {:.2}x, p99 {:.2}x, max {:.2}x",
+                    x.mean / none.mean,
+                    x.p99 / none.p99,
+                    x.max / none.max
+                )?;
+            }
         }
     }
     writeln!(t)?;
+    if !ratios.is_empty() {
+        writeln!(t, "Ratios to `--strategy none` in the same run:\n{ratios}")?;
+    }
     writeln!(
         t,
         "kernel {kernel}; {} requests per run, a new TCP connection per request.{}",

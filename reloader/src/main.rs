@@ -254,7 +254,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         let reply = tokio::select! {
             _ = term.recv() => break Ok(()),
             _ = int.recv() => break Ok(()),
-            status = sup.current.child.wait() => {
+            status = sup.current.wait() => {
                 break Err(format!("server PID {} exited on its own ({})", sup.current.pid,
                     status.map_or("unknown status".into(), |s| s.to_string())));
             }

@@ -320,9 +320,12 @@ impl Supervisor {
             Listeners::open().map_err(|e| format!("cannot open a sock_diag socket: {e}"))?;
         // Ask once now: a kernel without tcp_diag must stop us here, not
         // make every reload unprotected.
-        diag.on_port(opts.port).map_err(|e| {
+        let found = diag.on_port(opts.port).map_err(|e| {
             format!("sock_diag cannot list TCP listeners: {e}; load the tcp_diag module (modprobe tcp_diag)")
         })?;
+        // Generations a killed reloader left serving: adopted now, retired
+        // with the same protocol once ours serves, so exactly one remains.
+        let orphans = Self::adopt_orphans(&found)?;
         let first = Generation::spawn(1, &opts.command, &notify.path)
             .map_err(|e| format!("cannot start {:?}: {e}", opts.command[0]))?;
         log(&format!("generation 1: started PID {}", first.pid));
@@ -347,14 +350,54 @@ impl Supervisor {
                     ms(t.elapsed()),
                     sup.current.listeners
                 ));
+                for mut orphan in orphans {
+                    let closed = sup.ctx.close(&mut orphan, libc::SIGTERM).await;
+                    log(&format!(
+                        "retired orphaned PID {}: held {}",
+                        orphan.pid,
+                        match &closed {
+                            Ok(c) => opt_ms(c.held),
+                            Err(e) => format!("- ({e})"),
+                        }
+                    ));
+                    sup.retire(orphan, closed.as_ref().ok());
+                    closed?;
+                }
                 Ok(sup)
             }
             Err(e) => {
                 sup.current.signal(libc::SIGKILL);
-                let _ = sup.current.child.wait().await;
+                let _ = sup.current.wait().await;
                 Err(format!("the first server never became healthy: {e}"))
             }
         }
+    }
+
+    /// Finds who owns listeners already on our port and adopts them.
+    fn adopt_orphans(found: &BTreeSet<u32>) -> Result<Vec<Generation>, String> {
+        if found.is_empty() {
+            return Ok(Vec::new());
+        }
+        let owners = crate::generation::owners_of(found)
+            .map_err(|e| format!("finding the owners of listeners on our port: {e}"))?;
+        let mut owned = BTreeSet::new();
+        let mut out = Vec::new();
+        for (pid, listeners) in owners {
+            owned.extend(listeners.iter().copied());
+            log(&format!(
+                "found PID {pid} listening on our port (listeners {listeners:?}), left by an earlier reloader: adopting it"
+            ));
+            out.push(
+                Generation::adopt(0, pid, listeners)
+                    .map_err(|e| format!("adopting PID {pid} (pidfd_open): {e}"))?,
+            );
+        }
+        if let Some(stray) = found.difference(&owned).next() {
+            return Err(format!(
+                "listener inode {stray} on our port belongs to no process of ours; stop whatever else listens there"
+            ));
+        }
+        Ok(out)
     }
 
     /// Steps 2 and 3 for `gen`. On success it is in the group and healthy.
@@ -458,7 +501,7 @@ impl Supervisor {
             if gen.stopping_since.is_some_and(|t| t.elapsed() >= drain) {
                 let mut gen = self.retiring.swap_remove(i);
                 let closed = self.ctx.close(&mut gen, libc::SIGKILL).await;
-                let _ = gen.child.wait().await;
+                let _ = gen.wait().await;
                 log(&format!(
                     "generation {} PID {}: SIGKILLed at the drain timeout ({drain:?}); held {}",
                     gen.number,

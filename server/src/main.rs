@@ -121,6 +121,14 @@ fn main() -> ExitCode {
             let Ok(mut usr2) = signal(SignalKind::user_defined2()) else {
                 return fail("cannot install signal handlers".into());
             };
+            // A supervisor that dies before saying join must not leave us
+            // waiting forever: we exit with it (until we have joined; after
+            // that we keep serving, and its successor adopts us).
+            set_parent_death_signal(libc::SIGTERM);
+            if std::os::unix::process::parent_id() == 1 {
+                eprintln!("{prefix}: exit (the supervisor is gone before we joined)");
+                return ExitCode::SUCCESS;
+            }
             eprintln!("{prefix}: bound, waiting to join; health check on {}", check.addr);
             if let Err(e) = notify::gate(check.addr) {
                 eprintln!("{prefix}: warning: NOTIFY_SOCKET: cannot send the gate: {e}");
@@ -141,6 +149,7 @@ fn main() -> ExitCode {
                 eprintln!("{prefix}: exit (stopped before joining)");
                 return ExitCode::SUCCESS;
             }
+            set_parent_death_signal(0);
             if let Err(e) = listen::join(&listeners, cli.backlog) {
                 return fail(e.to_string());
             }
@@ -184,4 +193,11 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `prctl(PR_SET_PDEATHSIG)`: `sig` when our parent exits (0: nothing).
+fn set_parent_death_signal(sig: i32) {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and changes
+    // only this process's own setting.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong) };
 }

@@ -386,7 +386,7 @@ fn ab_row(out: &Path) -> Result<Option<String>> {
             .unwrap_or(0.0)
     };
     Ok(Some(format!(
-        "| cross-check: ab -n {complete}, same baseline server | {complete} | {failed} | - | {mean} | - | {:.0} | {:.0} | {:.0} | {:.0} |",
+        "| cross-check: ab -n {complete}, same baseline server | {complete} | {failed} | - | - | {mean} | - | {:.0} | {:.0} | {:.0} | {:.0} |",
         pct(0.5),
         pct(0.99),
         pct(0.999),

@@ -53,6 +53,16 @@ impl Record {
     }
 }
 
+/// A file beside the record, named after the network namespace and `dev`
+/// with `suffix`, in the first usable record directory.
+pub fn path_for(dev: &str, suffix: &str) -> Option<PathBuf> {
+    let name = format!("{}-{dev}.{suffix}", crate::sys::netns_id());
+    dirs()
+        .into_iter()
+        .find(|d| std::fs::create_dir_all(d).is_ok() && writable(d))
+        .map(|d| d.join(name))
+}
+
 fn writable(dir: &std::path::Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {

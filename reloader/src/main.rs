@@ -6,6 +6,7 @@ mod generation;
 mod health;
 mod listeners;
 mod notify;
+mod owner;
 mod privs;
 mod supervisor;
 mod swap;
@@ -209,6 +210,10 @@ fn prepare_plug(args: &RunArgs) -> Result<Plug, String> {
 }
 
 async fn run(args: RunArgs) -> Result<(), String> {
+    let _owner = match args.strategy {
+        Strategy::Plug => Some(owner::take(&args.dev, args.addr.port())?),
+        Strategy::None => None,
+    };
     let swap: Box<dyn Swap> = match args.strategy {
         Strategy::Plug => Box::new(PlugSwap::new(prepare_plug(&args)?)),
         Strategy::None => Box::new(NoSwap),

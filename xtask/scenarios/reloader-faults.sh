@@ -62,6 +62,12 @@ reuse-server --listen 127.0.0.1:7001 2>/tmp/other.log &
 OTHER=$!
 start_reloader /tmp/reloader.log
 grep -q 'holds SYNs to port 7000 only' /tmp/reloader.log || fail "the tree was not scoped to port 7000"
+# A second reloader on the same device would release this one's holds: refused.
+if reloader run --addr 127.0.0.1:7002 --control /tmp/r2.sock -- reuse-server --listen 127.0.0.1:7002 2>/tmp/second.log; then
+    fail "a second reloader on lo started"
+fi
+cat /tmp/second.log
+grep -q 'another reloader already uses the plug tree on lo' /tmp/second.log || fail "no clear refusal for a second reloader"
 
 for mode in slow nolisten unhealthy exit; do
     touch /tmp/mode-$mode
@@ -148,7 +154,19 @@ loadgen run 127.0.0.1:7000 -c 2 -n 200 > /tmp/after.out
 cat /tmp/after.out
 grep -q "pids={$gen1: 200}" /tmp/after.out || fail "not only PID $gen1 answers after the takeover"
 
+echo "--- SIGTERM to the reloader in the middle of a reload"
+touch /tmp/mode-slow
+reloader reload --control $CTL > /dev/null 2>&1 &
+sleep 0.5
+t0=$(awk '{print int($1*1000)}' /proc/uptime)
 kill -TERM $R; wait $R
+t1=$(awk '{print int($1*1000)}' /proc/uptime)
+rm /tmp/mode-slow
+echo "reloader exited $(( t1 - t0 )) ms after SIGTERM, mid-reload"
+tail -4 /tmp/reloader2.log
+[ $(( t1 - t0 )) -lt 3000 ] || fail "the reloader took more than 3 s to end mid-reload"
+qdisc status --json | grep -q '"buffering":false' || fail "the plug was left buffering"
+sleep 2.5 # a `sleep 2` the killed shell started ends by itself
 kill -TERM $OTHER; wait $OTHER
 left=$(pidof reuse-server sleep)
 [ -z "$left" ] || fail "processes left running: $left ($(for p in $left; do cat /proc/$p/cmdline | tr '\0' ' '; echo; done))"

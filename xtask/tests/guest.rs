@@ -105,6 +105,11 @@ fn guest_reloader_faults_lose_nothing() {
 }
 
 #[test]
+fn guest_reloader_refuses_without_sock_diag() {
+    scenario("reloader-nodiag");
+}
+
+#[test]
 fn guest_reloader_least_privilege() {
     scenario("reloader-caps");
 }

@@ -1,0 +1,44 @@
+//! One reloader per plug tree. The tree on a device has one plug, so two
+//! reloaders sharing it would release each other's holds (and re-scope each
+//! other's filters to their own port). The first one takes an exclusive
+//! `flock` on a file beside the plug's state record; the kernel drops it when
+//! that reloader exits, even by SIGKILL, so its successor gets it at once.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+
+/// Held for the reloader's lifetime.
+pub struct Owner {
+    _file: File,
+}
+
+pub fn take(dev: &str, port: u16) -> Result<Owner, String> {
+    let path = qdisc::state::path_for(dev, "reloader").ok_or(
+        "no writable directory for the plug's owner lock (/run/reuse-plug, $XDG_RUNTIME_DIR, /tmp)",
+    )?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: flock on a file we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(format!("locking {}: {err}", path.display()));
+        }
+        let mut who = String::new();
+        let _ = file.read_to_string(&mut who);
+        return Err(format!(
+            "another reloader already uses the plug tree on {dev} ({}); run one reloader per device (a second port needs its own tree: a separate network namespace, or --strategy none)",
+            who.trim()
+        ));
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = write!(file, "PID {}, port {port}", std::process::id());
+    Ok(Owner { _file: file })
+}

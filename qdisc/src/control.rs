@@ -13,7 +13,8 @@ pub struct Plug {
     rt: Socket,
     ifindex: i32,
     dev: String,
-    buffering: bool,
+    /// Since when this handle has the plug buffering.
+    since: Option<Instant>,
     record: crate::state::Record,
 }
 
@@ -24,7 +25,7 @@ impl Plug {
             ifindex: crate::sys::ifindex(dev)?,
             rt: Socket::route()?,
             dev: dev.to_owned(),
-            buffering: false,
+            since: None,
             record: crate::state::Record::for_dev(dev),
         })
     }
@@ -35,7 +36,7 @@ impl Plug {
 
     /// Whether this handle last left the plug buffering.
     pub fn is_buffering(&self) -> bool {
-        self.buffering
+        self.since.is_some()
     }
 
     fn act(&mut self, action: Action) -> Result<()> {
@@ -54,71 +55,35 @@ impl Plug {
             })
     }
 
-    /// Starts holding every packet that reaches band 4 (new-connection SYNs).
+    /// Starts holding every packet that reaches band 4 (new-connection
+    /// SYNs). Already buffering: nothing to do (the hold keeps its start).
     pub fn buffer(&mut self) -> Result<()> {
+        if self.since.is_some() {
+            return Ok(());
+        }
         // Recorded before, and cleared after, the kernel's change: the record
         // costs file operations that must not lengthen the plug window.
         self.record.set(true);
         if let Err(e) = self.act(Action::Buffer) {
-            self.record.set(self.buffering);
+            self.record.set(false);
             return Err(e);
         }
-        self.buffering = true;
+        self.since = Some(Instant::now());
         Ok(())
     }
 
-    /// Lets everything held go, and everything after it, until the next buffer.
-    pub fn release(&mut self) -> Result<()> {
+    /// Lets everything held go, and everything after it, until the next
+    /// buffer. Returns how long this handle held (`None`: it was not
+    /// holding, e.g. a release of a plug a killed process left buffering).
+    pub fn release(&mut self) -> Result<Option<Duration>> {
         self.act(Action::ReleaseIndefinite)?;
-        self.buffering = false;
+        let held = self.since.take().map(|t| t.elapsed());
         self.record.set(false);
-        Ok(())
+        Ok(held)
     }
 
     /// Lets go what was held when buffering began; keeps holding the rest.
     pub fn release_one(&mut self) -> Result<()> {
         self.act(Action::ReleaseOne)
-    }
-
-    /// Buffers and returns a guard that releases when dropped.
-    pub fn hold(&mut self) -> Result<PlugGuard<'_>> {
-        self.buffer()?;
-        Ok(PlugGuard {
-            plug: self,
-            since: Instant::now(),
-            released: false,
-        })
-    }
-}
-
-/// The plug is buffering while this lives. Release it with
-/// [`release`](PlugGuard::release) to see errors and the hold time; `Drop`
-/// releases as a fallback (errors ignored, never panics).
-pub struct PlugGuard<'a> {
-    plug: &'a mut Plug,
-    since: Instant,
-    released: bool,
-}
-
-impl PlugGuard<'_> {
-    /// How long the plug has been buffering.
-    pub fn held_for(&self) -> Duration {
-        self.since.elapsed()
-    }
-
-    /// Releases and returns how long the plug held.
-    pub fn release(mut self) -> Result<Duration> {
-        let held = self.since.elapsed();
-        self.released = true;
-        self.plug.release()?;
-        Ok(held)
-    }
-}
-
-impl Drop for PlugGuard<'_> {
-    fn drop(&mut self) {
-        if !self.released {
-            let _ = self.plug.release();
-        }
     }
 }

@@ -1,27 +1,42 @@
 //! The plug tree over pure netlink: the library the reloader links and the
 //! `qdisc` binary wraps. Nothing here spawns a process.
 //!
-//! - [`tree`]: set up, tear down and report on the whole tree of one device.
-//! - [`control`]: [`Plug`] — buffer, release, release-one; [`PlugGuard`].
-//! - [`probe`]: which kernel features are here, tried in a throwaway netns.
-//! - [`tc`] (one module per qdisc/classifier) and [`nft`] (the mark rule):
-//!   pure encoding of each message, equal to what `tc` and `nft` send.
-//! - [`wire`]: netlink framing, pure; [`socket`]: the only I/O.
+//! - [`setup`], [`status`], [`teardown`]: set up, tear down and report on the whole tree of one device.
+//! - [`control`]: [`Plug`] — buffer, release (with the hold's duration), release-one.
+//! - [`probe()`]: which kernel features are here, tried in a throwaway netns.
+//! - `tc` (one module per qdisc/classifier) and `nft` (the mark rule):
+//!   each message built with netlink-packet-route / -netfilter types, equal
+//!   byte for byte to what `tc` and `nft` send (the golden tests).
+//! - `wire`: what no crate offers (a message as bytes with its sequence
+//!   number, the extended-ack text); `socket`: the only I/O.
 //! - [`error`]: errors that keep the errno and the kernel's own text.
-//! - [`state`]: where "the plug is buffering" is recorded (the kernel does not say).
+//! - `state`: where "the plug is buffering" is recorded (the kernel does not say).
 
-pub mod control;
+pub mod bench;
+mod control;
 pub mod error;
-pub mod nft;
-pub mod probe;
-pub mod socket;
-pub mod state;
-pub mod sys;
-pub mod tc;
-pub mod tree;
-pub mod wire;
+mod nft;
+mod probe;
+mod socket;
+mod state;
+mod sys;
+mod tc;
+mod tree;
+mod wire;
 
-pub use control::{Plug, PlugGuard};
-pub use error::{Error, Result};
+#[cfg(test)]
+mod golden;
+
+pub use control::Plug;
+pub use error::{Error, Object, Result};
 pub use probe::{probe, Probe};
-pub use tree::{setup, status, teardown, Classifier, Config, PlugStats, Sources, Status};
+pub use tree::{
+    setup, status, teardown, Classifier, Config, PlugStats, Sources, Status, DEFAULT_LIMIT,
+};
+
+/// A file for `dev` named with `suffix`, beside the plug's state record
+/// (network namespace in the name), in the first usable of
+/// `/run/reuse-plug`, `$XDG_RUNTIME_DIR/reuse-plug`, `/tmp/reuse-plug-<uid>`.
+pub fn runtime_path(dev: &str, suffix: &str) -> Option<std::path::PathBuf> {
+    state::path_for(dev, suffix)
+}

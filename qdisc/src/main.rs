@@ -32,7 +32,7 @@ enum Command {
         #[arg(long, default_value = "fw")]
         classifier: Classifier,
         /// The plug's limit in bytes; SYNs beyond it are dropped (clients retry ~1 s later).
-        #[arg(long, value_name = "BYTES", default_value_t = qdisc::tree::DEFAULT_LIMIT)]
+        #[arg(long, value_name = "BYTES", default_value_t = qdisc::DEFAULT_LIMIT)]
         limit: u32,
         /// Hold SYNs only from this source address (repeatable), or `any`.
         /// Default: 127.0.0.1 and ::1 (local clients, as the seed).

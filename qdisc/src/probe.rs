@@ -126,11 +126,11 @@ pub fn probe() -> Result<Probe> {
 /// `tc qdisc add dev D ingress`.
 fn ingress(ifindex: i32) -> Message {
     tc::qdisc(
-        tc::RTM_NEWQDISC,
         tc::ADD,
         ifindex,
         handle(0xffff, 0),
-        0xFFFF_FFF1,
+        netlink_packet_route::tc::TcHandle::INGRESS,
         "ingress",
+        None,
     )
 }

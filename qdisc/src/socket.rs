@@ -32,11 +32,6 @@ impl Socket {
         Socket::open(protocols::NETLINK_NETFILTER, Object::NfTables)
     }
 
-    /// A NETLINK_SOCK_DIAG socket (listing sockets, as `ss` does).
-    pub fn sock_diag() -> Result<Socket> {
-        Socket::open(protocols::NETLINK_SOCK_DIAG, Object::Other)
-    }
-
     fn open(protocol: isize, object: Object) -> Result<Socket> {
         let fail = |source: io::Error| match source.raw_os_error() {
             Some(errno @ (libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)) => Error::Kernel {

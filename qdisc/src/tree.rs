@@ -19,15 +19,15 @@ use crate::nft::{self, Family};
 use crate::socket::Socket;
 use crate::sys;
 use crate::tc::{
-    self, fw, handle, pfifo, plug, prio, u32, TcObject, ETH_P_IP, ETH_P_IPV6, TC_H_ROOT,
+    self, fw, handle, pfifo, plug, prio, u32, Handle, TcObject, ETH_P_IP, ETH_P_IPV6, TC_H_ROOT,
 };
 
-pub const ROOT: u32 = handle(1, 0);
+pub const ROOT: Handle = handle(1, 0);
 pub const BANDS: i32 = 4;
-pub const PLUG: u32 = handle(0x40, 0);
-pub const PLUG_CLASS: u32 = handle(1, 4);
+pub const PLUG: Handle = handle(0x40, 0);
+pub const PLUG_CLASS: Handle = handle(1, 4);
 /// The pfifos on bands 1-3: (handle, parent class).
-pub const FIFOS: [(u32, u32); 3] = [
+pub const FIFOS: [(Handle, Handle); 3] = [
     (handle(0x10, 0), handle(1, 1)),
     (handle(0x20, 0), handle(1, 2)),
     (handle(0x30, 0), handle(1, 3)),
@@ -182,7 +182,12 @@ impl Present {
             p.filters = filters
                 .iter()
                 .filter_map(|b| TcObject::parse(b))
-                .filter(|f| f.handle != 0 && (f.kind != u32::KIND || f.handle & 0xfff != 0))
+                .filter(|f| {
+                    let h = u32::from(f.handle);
+                    // u32's hash tables and buckets come back as filters too;
+                    // ours are the nodes (a handle with a node id).
+                    h != 0 && (f.kind != u32::KIND || h & 0xfff != 0)
+                })
                 .collect();
         }
         Ok(p)
@@ -214,7 +219,7 @@ impl Present {
 #[derive(Default)]
 struct Added {
     root: bool,
-    fifos: Vec<(u32, u32)>,
+    fifos: Vec<(Handle, Handle)>,
     plug: bool,
     filters: Vec<Family>,
     tables: Vec<Family>,
@@ -228,7 +233,7 @@ pub fn setup(cfg: &Config) -> Result<()> {
     let mut rt = Socket::route()?;
     let present = Present::read(&mut rt, ifindex, &cfg.dev)?;
     if let Some(root) = &present.root {
-        if !present.is_ours() && root.handle != 0 {
+        if !present.is_ours() && root.handle != handle(0, 0) {
             return Err(Error::NotOurs {
                 dev: cfg.dev.clone(),
                 what: format!(

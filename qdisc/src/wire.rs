@@ -1,18 +1,15 @@
-//! Netlink framing, pure data: build a message (header, family header,
-//! attributes, nests) into bytes, and read messages and attributes back.
-//! No file descriptors here; `socket` does the I/O.
+//! What no crate offers for our synchronous socket: a request as bytes
+//! whose sequence number the socket sets, reading a datagram back into
+//! messages, and the kernel's extended-ack error text. Every request is
+//! built with netlink-packet-route / -netfilter / -core types and
+//! serialized here ([`Message::encode`]). No file descriptors here.
+
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable};
 
 /// `struct nlmsghdr` is 16 bytes: len u32, type u16, flags u16, seq u32, pid u32.
 pub const NLMSG_HDRLEN: usize = 16;
 
-pub const NLM_F_REQUEST: u16 = 0x1;
-pub const NLM_F_ACK: u16 = 0x4;
-pub const NLM_F_ECHO: u16 = 0x8;
-pub const NLM_F_DUMP: u16 = 0x300;
-pub const NLM_F_REPLACE: u16 = 0x100;
-pub const NLM_F_EXCL: u16 = 0x200;
-pub const NLM_F_CREATE: u16 = 0x400;
-pub const NLM_F_APPEND: u16 = 0x800;
+pub const NLM_F_ACK: u16 = netlink_packet_core::NLM_F_ACK;
 /// In an error message: extended-ack attributes follow the echoed header.
 pub const NLM_F_ACK_TLVS: u16 = 0x200;
 
@@ -20,37 +17,34 @@ pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
 /// `NLMSGERR_ATTR_MSG`: the kernel's error text.
 const NLMSGERR_ATTR_MSG: u16 = 1;
-
-/// Set on attributes that contain attributes (nf_tables sets it; tc does not).
-pub const NLA_F_NESTED: u16 = 0x8000;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// One netlink message under construction.
+/// One serialized request; the socket sets its sequence number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     buf: Vec<u8>,
 }
 
 impl Message {
-    /// A message of type `ty` with `flags`, sequence number 0 (the socket
-    /// sets the real one) and port id 0 (the kernel).
-    pub fn new(ty: u16, flags: u16) -> Message {
-        let mut buf = Vec::with_capacity(64);
-        buf.extend_from_slice(&0u32.to_ne_bytes());
-        buf.extend_from_slice(&ty.to_ne_bytes());
-        buf.extend_from_slice(&flags.to_ne_bytes());
-        buf.extend_from_slice(&[0; 8]);
-        let mut m = Message { buf };
-        m.fix_len();
-        m
+    /// Serializes a crate-built message: the netlink header gets `flags`,
+    /// sequence number 0 and port id 0 (the kernel).
+    pub fn encode<I: NetlinkSerializable>(flags: u16, inner: I) -> Message {
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(inner));
+        m.finalize();
+        let mut buf = vec![0u8; m.buffer_len()];
+        m.serialize(&mut buf);
+        Message { buf }
     }
 
-    pub fn msg_type(&self) -> u16 {
-        u16::from_ne_bytes([self.buf[4], self.buf[5]])
+    /// An rtnetlink request (traffic control).
+    pub fn route(flags: u16, msg: netlink_packet_route::RouteNetlinkMessage) -> Message {
+        Message::encode(flags, msg)
     }
 
     pub fn flags(&self) -> u16 {
@@ -61,68 +55,13 @@ impl Message {
         self.buf[6..8].copy_from_slice(&flags.to_ne_bytes());
     }
 
-    pub fn seq(&self) -> u32 {
-        u32::from_ne_bytes(self.buf[8..12].try_into().unwrap())
-    }
-
     pub fn set_seq(&mut self, seq: u32) {
         self.buf[8..12].copy_from_slice(&seq.to_ne_bytes());
-    }
-
-    /// Appends raw bytes (a family header such as `tcmsg`), 4-byte aligned.
-    pub fn raw(&mut self, bytes: &[u8]) -> &mut Self {
-        self.buf.extend_from_slice(bytes);
-        self.pad();
-        self
-    }
-
-    /// Appends one attribute.
-    pub fn attr(&mut self, ty: u16, payload: &[u8]) -> &mut Self {
-        let len = 4 + payload.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(payload);
-        self.pad();
-        self
-    }
-
-    /// Appends a NUL-terminated string attribute.
-    pub fn attr_str(&mut self, ty: u16, s: &str) -> &mut Self {
-        let mut v = Vec::with_capacity(s.len() + 1);
-        v.extend_from_slice(s.as_bytes());
-        v.push(0);
-        self.attr(ty, &v)
-    }
-
-    /// Appends a big-endian u32 attribute (nf_tables' convention).
-    pub fn attr_be32(&mut self, ty: u16, v: u32) -> &mut Self {
-        self.attr(ty, &v.to_be_bytes())
-    }
-
-    /// Appends an attribute whose payload is whatever `inner` appends.
-    pub fn nest(&mut self, ty: u16, inner: impl FnOnce(&mut Self)) -> &mut Self {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&[0, 0]);
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        inner(self);
-        let len = (self.buf.len() - start) as u16;
-        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-        self
     }
 
     /// The finished bytes, length field included.
     pub fn bytes(&self) -> &[u8] {
         &self.buf
-    }
-
-    fn pad(&mut self) {
-        self.buf.resize(align4(self.buf.len()), 0);
-        self.fix_len();
-    }
-
-    fn fix_len(&mut self) {
-        let len = self.buf.len() as u32;
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
     }
 }
 
@@ -214,25 +153,6 @@ pub fn parse_error(m: &Received<'_>) -> Option<ErrorMsg> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn attributes_are_padded_and_lengths_exclude_padding() {
-        let mut m = Message::new(36, NLM_F_REQUEST);
-        m.attr_str(1, "prio");
-        let b = m.bytes();
-        assert_eq!(b.len(), 16 + 12);
-        assert_eq!(&b[16..20], &[9, 0, 1, 0]);
-        assert_eq!(u32::from_ne_bytes(b[0..4].try_into().unwrap()), 28);
-    }
-
-    #[test]
-    fn nests_cover_their_contents() {
-        let mut m = Message::new(44, NLM_F_REQUEST);
-        m.nest(2, |m| {
-            m.attr(1, &0x0001_0004u32.to_ne_bytes());
-        });
-        assert_eq!(&m.bytes()[16..], &[12, 0, 2, 0, 8, 0, 1, 0, 4, 0, 1, 0]);
-    }
 
     #[test]
     fn error_with_ext_ack_text_is_read() {

@@ -1,94 +1,140 @@
 //! Which TCP sockets listen on a port, asked of the kernel with sock_diag
-//! (the netlink interface `ss` uses). Each listener is known by its inode,
-//! so the supervisor can tell "the new server's listener joined the
-//! SO_REUSEPORT group" and "the old server's listener left it" without
-//! guessing or sleeping.
+//! (the netlink interface `ss` uses), encoded and parsed with
+//! netlink-packet-sock-diag. Each listener is known by its inode, so the
+//! supervisor can tell "the new server's listener joined the SO_REUSEPORT
+//! group" and "the old server's listener left it" without guessing or
+//! sleeping. A failed query is an error, never an empty answer.
 
 use std::collections::BTreeSet;
+use std::io;
 
-use qdisc::error::{Object, Result};
-use qdisc::socket::Socket;
-use qdisc::wire::{Message, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_packet_sock_diag::SockDiagMessage;
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const TCP_ESTABLISHED: u32 = 1;
 const TCP_LISTEN: u32 = 10;
 /// A request socket: a SYN was answered, the handshake's last ACK has not
-/// arrived (SYN_RECV).
+/// arrived. (The kernel reports these with inode 0: they belong to no file,
+/// so they cannot be told apart by listener.)
 const TCP_NEW_SYN_RECV: u32 = 12;
 
-/// `struct inet_diag_req_v2` (56 bytes) asking for TCP sockets of one
-/// family in the given states.
-fn request(family: u8, state: u32) -> Message {
-    let mut m = Message::new(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP);
-    let mut req = [0u8; 56];
-    req[0] = family;
-    req[1] = libc::IPPROTO_TCP as u8;
-    req[4..8].copy_from_slice(&(1u32 << state).to_ne_bytes());
-    m.raw(&req);
-    m
-}
-
-/// Reads (local port, inode) from a `struct inet_diag_msg`.
-fn parse(payload: &[u8]) -> Option<(u16, u32)> {
-    // family, state, timer, retrans (4); id: sport, dport (big-endian), ... (48);
-    // expires, rqueue, wqueue, uid, inode (u32 each).
-    let sport = u16::from_be_bytes(payload.get(4..6)?.try_into().ok()?);
-    let inode = u32::from_ne_bytes(payload.get(68..72)?.try_into().ok()?);
-    Some((sport, inode))
+#[derive(Debug, thiserror::Error)]
+pub enum DiagError {
+    #[error("cannot open a sock_diag socket: {0}")]
+    Open(#[source] io::Error),
+    #[error("sock_diag: {0}")]
+    Io(#[source] io::Error),
+    #[error("the kernel refused the sock_diag query: {0}")]
+    Kernel(#[source] io::Error),
+    #[error("sock_diag: unreadable reply: {0}")]
+    Decode(String),
 }
 
 /// A sock_diag socket, reused for every query.
 pub struct Listeners {
     sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
 }
 
 impl Listeners {
-    pub fn open() -> Result<Listeners> {
+    pub fn open() -> Result<Listeners, DiagError> {
+        let mut sock = Socket::new(NETLINK_SOCK_DIAG).map_err(DiagError::Open)?;
+        sock.bind_auto().map_err(DiagError::Open)?;
+        sock.connect(&SocketAddr::new(0, 0))
+            .map_err(DiagError::Open)?;
         Ok(Listeners {
-            sock: Socket::sock_diag()?,
+            sock,
+            seq: 0,
+            buf: vec![0; 64 * 1024],
         })
     }
 
     /// Inodes of the TCP sockets listening on `port` (IPv4 and IPv6).
-    pub fn on_port(&mut self, port: u16) -> Result<BTreeSet<u32>> {
-        Ok(self
-            .query(port, TCP_LISTEN)?
-            .into_iter()
-            .map(|(_, inode)| inode)
-            .collect())
+    pub fn on_port(&mut self, port: u16) -> Result<BTreeSet<u32>, DiagError> {
+        Ok(self.query(port, TCP_LISTEN)?.into_iter().collect())
     }
 
     /// How many handshakes to `port` are half done (SYN answered, final ACK
     /// not yet in). A listener closed now would drop them, and their
     /// clients would be reset.
-    pub fn half_open(&mut self, port: u16) -> Result<usize> {
+    pub fn half_open(&mut self, port: u16) -> Result<usize, DiagError> {
         Ok(self.query(port, TCP_NEW_SYN_RECV)?.len())
     }
 
     /// Inodes of established connections to `port` (0 for one still in an
     /// accept queue: no process owns it yet).
-    pub fn established(&mut self, port: u16) -> Result<Vec<u32>> {
-        Ok(self
-            .query(port, TCP_ESTABLISHED)?
-            .into_iter()
-            .map(|(_, inode)| inode)
-            .collect())
+    pub fn established(&mut self, port: u16) -> Result<Vec<u32>, DiagError> {
+        self.query(port, TCP_ESTABLISHED)
     }
 
-    fn query(&mut self, port: u16, state: u32) -> Result<Vec<(u16, u32)>> {
+    /// Inodes of our port's TCP sockets in `state`, both families.
+    fn query(&mut self, port: u16, state: u32) -> Result<Vec<u32>, DiagError> {
         let mut out = Vec::new();
-        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            let replies = self.sock.dump(request(family, state), &|| {
-                ("list TCP sockets (sock_diag)".into(), Object::Other)
-            })?;
-            out.extend(
-                replies
-                    .iter()
-                    .filter_map(|p| parse(p))
-                    .filter(|(sport, _)| *sport == port),
+        for (family, id) in [
+            (AF_INET, SocketId::new_v4()),
+            (AF_INET6, SocketId::new_v6()),
+        ] {
+            self.seq = self.seq.wrapping_add(1);
+            let mut header = NetlinkHeader::default();
+            header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+            header.sequence_number = self.seq;
+            let mut req = NetlinkMessage::new(
+                header,
+                SockDiagMessage::InetRequest(InetRequest {
+                    family,
+                    protocol: IPPROTO_TCP,
+                    extensions: ExtensionFlags::empty(),
+                    states: StateFlags::from_bits_retain(1 << state),
+                    socket_id: id,
+                })
+                .into(),
             );
+            req.finalize();
+            let mut bytes = vec![0; req.buffer_len()];
+            req.serialize(&mut bytes);
+            self.sock.send(&bytes, 0).map_err(DiagError::Io)?;
+            self.collect(port, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Reads replies to the current request until DONE.
+    fn collect(&mut self, port: u16, out: &mut Vec<u32>) -> Result<(), DiagError> {
+        loop {
+            let size = self
+                .sock
+                .recv(&mut &mut self.buf[..], 0)
+                .map_err(DiagError::Io)?;
+            let mut offset = 0;
+            while offset < size {
+                let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[offset..size])
+                    .map_err(|e| DiagError::Decode(e.to_string()))?;
+                let len = msg.header.length as usize;
+                if msg.header.sequence_number == self.seq {
+                    match msg.payload {
+                        NetlinkPayload::Done(_) => return Ok(()),
+                        NetlinkPayload::Error(e) if e.code.is_some() => {
+                            return Err(DiagError::Kernel(e.to_io()))
+                        }
+                        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r))
+                            if r.header.socket_id.source_port == port =>
+                        {
+                            out.push(r.header.inode);
+                        }
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+            }
+        }
     }
 }

@@ -14,7 +14,7 @@ pub struct Owner {
 }
 
 pub fn take(dev: &str, port: u16) -> Result<Owner, String> {
-    let path = qdisc::state::path_for(dev, "reloader").ok_or(
+    let path = qdisc::runtime_path(dev, "reloader").ok_or(
         "no writable directory for the plug's owner lock (/run/reuse-plug, $XDG_RUNTIME_DIR, /tmp)",
     )?;
     let mut file = OpenOptions::new()

@@ -3,7 +3,7 @@
 //! `release` right after the kernel shows it left (or at the hold limit). A strategy is one value behind this trait; socket handoff and
 //! `tcp_migrate_req` strategies fit the same place.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use qdisc::Plug;
 
@@ -23,14 +23,14 @@ pub trait Swap {
 }
 
 /// The plug qdisc: SYNs wait in `40:` while held. Dropping it releases.
+/// The hold's timing is the plug's own (`qdisc::Plug`).
 pub struct PlugSwap {
     plug: Plug,
-    since: Option<Instant>,
 }
 
 impl PlugSwap {
     pub fn new(plug: Plug) -> PlugSwap {
-        PlugSwap { plug, since: None }
+        PlugSwap { plug }
     }
 }
 
@@ -44,17 +44,11 @@ impl Swap for PlugSwap {
     }
 
     fn hold(&mut self) -> Result<(), String> {
-        if self.since.is_some() {
-            return Ok(()); // already holding
-        }
-        self.plug.buffer().map_err(|e| e.to_string())?;
-        self.since = Some(Instant::now());
-        Ok(())
+        self.plug.buffer().map_err(|e| e.to_string())
     }
 
     fn release(&mut self) -> Result<Option<Duration>, String> {
-        self.plug.release().map_err(|e| e.to_string())?;
-        Ok(self.since.take().map(|t| t.elapsed()))
+        self.plug.release().map_err(|e| e.to_string())
     }
 }
 

@@ -21,7 +21,10 @@ grep -q 'CapEff:	0000000000000000' /proc/$SERVER/status || fail "the server has 
 grep -q 'CapPrm:	0000000000000000' /proc/$SERVER/status || fail "the server has permitted capabilities"
 grep -q 'CapEff:	0000000000001000' /proc/$RELOADER/status || fail "the reloader should hold exactly CAP_NET_ADMIN"
 su -s /bin/sh nobody -c '/tmp/reloader reload --control /tmp/nobody.sock' || fail "a reload as nobody failed"
+# The old generation drains in the background and is reaped within ~50 ms.
+for i in $(seq 1 50); do [ "$(pidof reuse-server | wc -w)" = 1 ] && break; sleep 0.1; done
 NEW=$(pidof reuse-server)
+[ "$(echo $NEW | wc -w)" = 1 ] || fail "not exactly one server after the reload: $NEW"
 grep -q 'CapEff:	0000000000000000' /proc/$NEW/status || fail "the reloaded server has capabilities"
 ls -l /tmp/nobody.sock | grep -q '^srw-------' || fail "control socket is not mode 0600: $(ls -l /tmp/nobody.sock)"
 # root may ask too; another ordinary user may not (it cannot even connect: mode 0600).

@@ -1,9 +1,10 @@
-//! `fw`: the classifier that sends packets by firewall mark to a class.
-//!
-//! Equivalent to `tc filter add dev D protocol ip parent 1:0 prio 1 handle 1
-//! fw classid 1:4`. The mark comes from the nf_tables rule in `nft`.
+//! `fw`: classifies by the packet's netfilter mark. Equivalent to `tc filter
+//! add dev D protocol ip parent 1: prio 1 handle MARK fw classid 1:4`.
 
-use super::{filter, TCA_OPTIONS};
+use netlink_packet_core::DefaultNla;
+use netlink_packet_route::tc::{TcAttribute, TcOption};
+
+use super::{filter, Handle};
 use crate::wire::Message;
 
 pub const KIND: &str = "fw";
@@ -12,15 +13,16 @@ const TCA_FW_CLASSID: u16 = 1;
 /// The filter's handle is the mark it matches.
 pub fn add(
     ifindex: i32,
-    parent: u32,
+    parent: Handle,
     prio: u16,
     protocol: u16,
     mark: u32,
-    classid: u32,
+    classid: Handle,
 ) -> Message {
-    let mut m = filter(ifindex, mark, parent, prio, protocol, KIND);
-    m.nest(TCA_OPTIONS, |m| {
-        m.attr(TCA_FW_CLASSID, &classid.to_ne_bytes());
-    });
-    m
+    let classid = u32::from(classid).to_ne_bytes().to_vec();
+    let options = TcAttribute::Options(vec![TcOption::Other(DefaultNla::new(
+        TCA_FW_CLASSID,
+        classid,
+    ))]);
+    filter(ifindex, mark.into(), parent, prio, protocol, KIND, options)
 }

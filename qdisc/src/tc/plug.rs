@@ -6,7 +6,7 @@
 //! plug block|release|release_indefinite`. A new plug starts buffering, and
 //! the kernel never reports which state a plug is in.
 
-use super::{qdisc, ADD, CHANGE, RTM_NEWQDISC, TCA_OPTIONS};
+use super::{qdisc, Handle, ADD, CHANGE};
 use crate::wire::Message;
 
 pub const KIND: &str = "plug";
@@ -35,16 +35,14 @@ fn qopt(action: Action, limit: u32) -> [u8; 8] {
 
 /// Creates the plug with a byte limit (link-layer headers included; over
 /// it, packets are dropped). At creation the kernel reads only the limit.
-pub fn add(ifindex: i32, handle: u32, parent: u32, limit: u32) -> Message {
-    let mut m = qdisc(RTM_NEWQDISC, ADD, ifindex, handle, parent, KIND);
-    m.attr(TCA_OPTIONS, &qopt(Action::Limit, limit));
-    m
+pub fn add(ifindex: i32, handle: Handle, parent: Handle, limit: u32) -> Message {
+    let opt = qopt(Action::Limit, limit).to_vec();
+    qdisc(ADD, ifindex, handle, parent, KIND, Some(opt))
 }
 
 /// Changes an existing plug. Flags REQUEST|ACK only: with CREATE, a missing
 /// plug would be created with limit 0, dropping everything.
-pub fn action(ifindex: i32, handle: u32, parent: u32, action: Action) -> Message {
-    let mut m = qdisc(RTM_NEWQDISC, CHANGE, ifindex, handle, parent, KIND);
-    m.attr(TCA_OPTIONS, &qopt(action, 0));
-    m
+pub fn action(ifindex: i32, handle: Handle, parent: Handle, action: Action) -> Message {
+    let opt = qopt(action, 0).to_vec();
+    qdisc(CHANGE, ifindex, handle, parent, KIND, Some(opt))
 }

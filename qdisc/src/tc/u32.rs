@@ -9,14 +9,14 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::{filter, TCA_OPTIONS};
+use netlink_packet_route::tc::{
+    TcAttribute, TcFilterU32Option, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
+};
+
+use super::{filter, handle, Handle};
 use crate::wire::Message;
 
 pub const KIND: &str = "u32";
-const TCA_U32_CLASSID: u16 = 1;
-const TCA_U32_SEL: u16 = 5;
-/// `tc_u32_sel.flags`: a match ends classification.
-const TC_U32_TERMINAL: u8 = 1;
 
 /// One `match u32 VALUE MASK at OFF`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,31 +76,29 @@ pub fn dport_key_v6(port: u16) -> Key {
 /// A u32 filter in the root hash table; the kernel picks its handle.
 pub fn add(
     ifindex: i32,
-    parent: u32,
+    parent: Handle,
     prio: u16,
     protocol: u16,
     keys: &[Key],
-    classid: u32,
+    classid: Handle,
 ) -> Message {
-    let mut m = filter(ifindex, 0, parent, prio, protocol, KIND);
-    m.nest(TCA_OPTIONS, |m| {
-        m.attr(TCA_U32_CLASSID, &classid.to_ne_bytes());
-        m.attr(TCA_U32_SEL, &selector(keys));
-    });
-    m
-}
-
-/// `struct tc_u32_sel` (16 bytes) then one `struct tc_u32_key` (16 bytes)
-/// per key: mask and value in network order, offsets in host order.
-fn selector(keys: &[Key]) -> Vec<u8> {
-    let mut b = vec![0u8; 16];
-    b[0] = TC_U32_TERMINAL;
-    b[2] = keys.len() as u8;
-    for k in keys {
-        b.extend_from_slice(&k.mask.to_be_bytes());
-        b.extend_from_slice(&k.value.to_be_bytes());
-        b.extend_from_slice(&k.off.to_ne_bytes());
-        b.extend_from_slice(&0i32.to_ne_bytes());
-    }
-    b
+    // Both structs are non-exhaustive: filled from their defaults.
+    let mut selector = TcU32Selector::default();
+    selector.flags = TcU32SelectorFlags::Terminal;
+    selector.nkeys = keys.len() as u8;
+    selector.keys = keys
+        .iter()
+        .map(|k| {
+            let mut key = TcU32Key::default();
+            key.mask = k.mask;
+            key.val = k.value;
+            key.off = k.off;
+            key
+        })
+        .collect();
+    let options = TcAttribute::Options(vec![
+        TcOption::U32(TcFilterU32Option::ClassId(classid)),
+        TcOption::U32(TcFilterU32Option::Selector(selector)),
+    ]);
+    filter(ifindex, handle(0, 0), parent, prio, protocol, KIND, options)
 }

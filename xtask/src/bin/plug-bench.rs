@@ -11,10 +11,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use qdisc::error::Object;
-use qdisc::socket::Socket;
-use qdisc::tc::plug::{self, Action};
-use qdisc::tc::{self, pfifo, TC_H_ROOT};
+use qdisc::bench::RawToggle;
 use qdisc::{Classifier, Config, Plug};
 
 fn main() {
@@ -62,16 +59,8 @@ fn run(iterations: usize, spawns: usize) -> Result<(), String> {
             });
             // The same pair without Plug's state record (file operations
             // outside the window), to show what the round trips alone cost.
-            let mut rt = Socket::route().map_err(|e| e.to_string())?;
-            let (h, p) = (tc::handle(0x40, 0), tc::handle(1, 4));
-            let raw = time(iterations, || {
-                for a in [Action::Buffer, Action::ReleaseIndefinite] {
-                    rt.request(plug::action(1, h, p, a), &|| {
-                        ("toggle".into(), Object::Other)
-                    })
-                    .unwrap();
-                }
-            });
+            let mut raw_toggle = RawToggle::open("lo").map_err(|e| e.to_string())?;
+            let raw = time(iterations, || raw_toggle.plug_pair().unwrap());
             println!(
                 "plug-bench: netlink round trips alone median {:>8.1} us  ({iterations} pairs)",
                 micros(raw)
@@ -106,28 +95,9 @@ fn run(iterations: usize, spawns: usize) -> Result<(), String> {
         }
         Err(e) if e.is_unsupported() => {
             eprintln!("plug-bench: {e}\nplug-bench: timing a pfifo limit change pair instead (this kernel supports it)");
-            let mut rt = Socket::route().map_err(|e| e.to_string())?;
-            rt.request(pfifo::add(1, tc::handle(1, 0), TC_H_ROOT, 1000), &|| {
-                ("add pfifo".into(), Object::Other)
-            })
-            .map_err(|e| e.to_string())?;
-            let mut change = |limit: u32| {
-                let mut m = tc::qdisc(
-                    tc::RTM_NEWQDISC,
-                    tc::CHANGE,
-                    1,
-                    tc::handle(1, 0),
-                    TC_H_ROOT,
-                    pfifo::KIND,
-                );
-                m.attr(tc::TCA_OPTIONS, &limit.to_ne_bytes());
-                rt.request(m, &|| ("change pfifo".into(), Object::Other))
-                    .unwrap();
-            };
-            let inproc = time(iterations, || {
-                change(999);
-                change(1000);
-            });
+            let mut raw_toggle = RawToggle::open("lo").map_err(|e| e.to_string())?;
+            raw_toggle.pfifo_setup().map_err(|e| e.to_string())?;
+            let inproc = time(iterations, || raw_toggle.pfifo_pair().unwrap());
             let spawn = time(spawns, || {
                 tc_cmd(
                     &[

@@ -11,9 +11,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use qdisc::nft::{self, Family};
-use qdisc::tc::{self, fw, handle, pfifo, plug, prio, u32, ETH_P_IP, ETH_P_IPV6, TC_H_ROOT};
-use qdisc::wire::Message;
+use crate::nft::{self, Family};
+use crate::tc::{self, fw, handle, pfifo, plug, prio, u32, ETH_P_IP, ETH_P_IPV6, TC_H_ROOT};
+use crate::wire::Message;
 
 const LO: i32 = 1;
 

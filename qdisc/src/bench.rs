@@ -1,0 +1,60 @@
+//! Raw round trips for `plug-bench` (xtask), without `Plug`'s bookkeeping:
+//! what one toggle costs the kernel and the socket alone. Not for products.
+
+use crate::error::{Object, Result};
+use crate::socket::Socket;
+use crate::tc::plug::{self, Action};
+use crate::tc::{self, pfifo, TC_H_ROOT};
+use crate::tree::{PLUG, PLUG_CLASS};
+
+pub struct RawToggle {
+    rt: Socket,
+    ifindex: i32,
+}
+
+impl RawToggle {
+    pub fn open(dev: &str) -> Result<RawToggle> {
+        Ok(RawToggle {
+            rt: Socket::route()?,
+            ifindex: crate::sys::ifindex(dev)?,
+        })
+    }
+
+    /// `plug block` then `plug release_indefinite` on our plug `40:`.
+    pub fn plug_pair(&mut self) -> Result<()> {
+        for a in [Action::Buffer, Action::ReleaseIndefinite] {
+            self.rt
+                .request(plug::action(self.ifindex, PLUG, PLUG_CLASS, a), &|| {
+                    ("toggle the plug".into(), Object::Other)
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Adds a pfifo root `1:` (on a kernel without sch_plug, the nearest
+    /// comparable change).
+    pub fn pfifo_setup(&mut self) -> Result<()> {
+        let root = tc::handle(1, 0);
+        self.rt
+            .request(pfifo::add(self.ifindex, root, TC_H_ROOT, 1000), &|| {
+                ("add a pfifo root".into(), Object::Qdisc(pfifo::KIND))
+            })
+    }
+
+    /// Changes that pfifo's limit to 999 and back.
+    pub fn pfifo_pair(&mut self) -> Result<()> {
+        for limit in [999u32, 1000] {
+            let m = tc::qdisc(
+                tc::CHANGE,
+                self.ifindex,
+                tc::handle(1, 0),
+                TC_H_ROOT,
+                pfifo::KIND,
+                Some(limit.to_ne_bytes().to_vec()),
+            );
+            self.rt
+                .request(m, &|| ("change the pfifo".into(), Object::Other))?;
+        }
+        Ok(())
+    }
+}

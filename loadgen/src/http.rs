@@ -114,9 +114,9 @@ pub fn keepalive_get(
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").map_err(at("write"))?;
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
+    let head = loop {
+        if let Some(head) = parse_head(&buf)? {
+            break head;
         }
         let n = stream.read(&mut chunk).map_err(at("read"))?;
         if n == 0 {
@@ -127,13 +127,8 @@ pub fn keepalive_get(
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    while buf.len() < head_end + len {
+    let end = head.len + head.content_length;
+    while buf.len() < end {
         let n = stream.read(&mut chunk).map_err(at("read"))?;
         if n == 0 {
             return Err(io::Error::new(
@@ -143,9 +138,48 @@ pub fn keepalive_get(
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let keep = !head.contains("connection: close");
-    let (outcome, _) = outcome_of(parse_response(&buf[..head_end + len]));
-    Ok((outcome, keep))
+    let (outcome, _) = outcome_of(parse_response(&buf[..end]));
+    Ok((outcome, !head.close))
+}
+
+/// A response head, read with httparse.
+struct Head {
+    status: u16,
+    /// Bytes of the head, blank line included.
+    len: usize,
+    content_length: usize,
+    /// `Connection: close`.
+    close: bool,
+}
+
+/// Parses a response head; `None` while it is incomplete.
+fn parse_head(buf: &[u8]) -> io::Result<Option<Head>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Response::new(&mut headers);
+    let len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad response head: {e}"),
+            ))
+        }
+    };
+    let value = |name: &str| {
+        r.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+    };
+    Ok(Some(Head {
+        status: r.code.unwrap_or(0),
+        len,
+        content_length: value("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        close: value("connection").is_some_and(|v| v == "close"),
+    }))
 }
 
 /// Sends one request and returns the status and body.
@@ -153,25 +187,18 @@ pub fn try_get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<(u
     request_and_close(&mut connect(addr, timeout)?, addr, path)
 }
 
-/// Parses a complete HTTP/1.1 response with a Content-Length body.
+/// Parses a complete HTTP/1.1 response: its status and body.
 pub fn parse_response(raw: &[u8]) -> io::Result<(u16, String)> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
     if raw.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "connection closed before a response",
         ));
     }
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| bad("truncated response head"))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status code"))?;
-    Ok((status, body.to_string()))
+    let head = parse_head(raw)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "truncated response head"))?;
+    let body = &raw[head.len..];
+    Ok((head.status, String::from_utf8_lossy(body).into_owned()))
 }
 
 pub fn classify(e: &io::Error) -> Outcome {

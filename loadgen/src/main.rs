@@ -1,121 +1,150 @@
 //! `loadgen`: one request, or a bounded load, against an address.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::{Parser, Subcommand};
 use loadgen::stats::{self, Summary};
 
-const USAGE: &str = "usage:
-  loadgen get ADDR [PATH]     one request on a new connection; prints the body
-  loadgen run ADDR [-c CONC] [-n REQS] [-d SECS] [-k] [--rate R] [--tsv FILE] [--progress]
-      REQS requests (default 1000; or for SECS), CONC at a time, each on a new
-      connection (-k: keep-alive). --rate: open loop, R requests/s in all.
-      --tsv: one line per request. Prints a summary; exits 1 if any failed.";
+/// A real HTTP/1.1 load client: every request records its serving PID.
+#[derive(Parser, Debug)]
+#[command(name = "loadgen", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// One request on a new connection; prints the body (the PID with
+    /// reuse-server); exits 1 unless it answered 200.
+    Get {
+        addr: SocketAddr,
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// REQUESTS requests (or for SECS), CONC at a time, each on a new
+    /// connection unless -k. Prints a summary; exits 1 if any failed.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    addr: SocketAddr,
+    /// Requests in flight at once.
+    #[arg(short = 'c', default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: u64,
+    /// Requests in all (default 1000, or unbounded with -d).
+    #[arg(short = 'n')]
+    requests: Option<usize>,
+    /// Stop starting requests after this many seconds (fractions allowed).
+    #[arg(short = 'd', value_name = "SECS")]
+    duration: Option<f64>,
+    /// Keep connections alive (HTTP/1.1 keep-alive) instead of one per request.
+    #[arg(short = 'k')]
+    keepalive: bool,
+    /// Open loop: start R requests per second in all.
+    #[arg(long, value_name = "R")]
+    rate: Option<f64>,
+    /// Write one line per request to FILE.
+    #[arg(long, value_name = "FILE")]
+    tsv: Option<PathBuf>,
+    /// A progress line on stderr.
+    #[arg(long)]
+    progress: bool,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
-        Ok(code) => code,
+    match Cli::parse().command {
+        Cmd::Get { addr, path } => get(addr, &path),
+        Cmd::Run(args) => match run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn get(addr: SocketAddr, path: &str) -> ExitCode {
+    match loadgen::try_get(addr, path, Duration::from_secs(30)) {
+        Ok((status, body)) => {
+            println!("{body}");
+            if status == 200 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Err(e) => {
-            eprintln!("loadgen: {e}\n{USAGE}");
-            ExitCode::from(2)
+            eprintln!("loadgen: {addr}{path}: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn run(args: &[String]) -> Result<ExitCode, String> {
-    let addr = |s: Option<&String>| -> Result<SocketAddr, String> {
-        let s = s.ok_or("missing ADDR")?;
-        s.parse().map_err(|_| format!("{s:?} is not IP:PORT"))
-    };
-    match args.first().map(String::as_str) {
-        Some("get") => {
-            let a = addr(args.get(1))?;
-            let path = args.get(2).map(String::as_str).unwrap_or("/");
-            match loadgen::try_get(a, path, Duration::from_secs(30)) {
-                Ok((status, body)) => {
-                    println!("{body}");
-                    Ok(if status == 200 {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    })
-                }
-                Err(e) => {
-                    eprintln!("loadgen: {a}{path}: {e}");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
+fn run(args: RunArgs) -> Result<ExitCode, String> {
+    let mut opts = loadgen::Options::new(args.addr, args.concurrency as usize, 1000);
+    if let Some(d) = args.duration {
+        if !(d.is_finite() && d > 0.0) {
+            return Err(format!("-d {d}: want a number of seconds > 0"));
         }
-        Some("run") => {
-            let a = addr(args.get(1))?;
-            let mut opts = loadgen::Options::new(a, 1, 1000);
-            let mut tsv = None;
-            let mut requests_given = false;
-            let mut it = args[2..].iter();
-            while let Some(flag) = it.next() {
-                let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-                let num = |v: &String| {
-                    v.parse::<f64>()
-                        .map_err(|_| format!("{flag} {v}: not a number"))
-                };
-                match flag.as_str() {
-                    "-c" => opts.concurrency = num(value()?)? as usize,
-                    "-n" => {
-                        opts.requests = num(value()?)? as usize;
-                        requests_given = true;
-                    }
-                    "-d" => opts.duration = Some(Duration::from_secs_f64(num(value()?)?)),
-                    "-k" => opts.keepalive = true,
-                    "--rate" => opts.rate = Some(num(value()?)?),
-                    "--tsv" => tsv = Some(value()?.clone()),
-                    "--progress" => opts.progress = true,
-                    other => return Err(format!("unknown option {other}")),
-                }
-            }
-            if opts.duration.is_some() && !requests_given {
-                opts.requests = usize::MAX;
-            }
-            opts.record = tsv.is_some();
-            let r = loadgen::run(&opts);
-            println!(
-                "requests={} ok={} failed={} failures={:?} pids={:?} elapsed_ms={}",
-                r.ok + r.failed(),
-                r.ok,
-                r.failed(),
-                r.failures,
-                r.pids,
-                r.elapsed.as_millis()
-            );
-            if opts.record {
-                let s = Summary::of(&r.records);
-                println!(
-                    "latency_ms mean={:.3} stddev={:.3} p50={:.3} p99={:.3} p99.9={:.3} max={:.3} rps={:.0}",
-                    s.mean,
-                    s.stddev,
-                    s.p50,
-                    s.p99,
-                    s.p999,
-                    s.max,
-                    (r.ok + r.failed()) as f64 / r.elapsed.as_secs_f64().max(1e-9)
-                );
-            }
-            if let Some(path) = tsv {
-                let mut f = std::io::BufWriter::new(
-                    std::fs::File::create(&path).map_err(|e| format!("{path}: {e}"))?,
-                );
-                stats::write_tsv(&mut f, &r.records).map_err(|e| format!("{path}: {e}"))?;
-            }
-            for e in &r.examples {
-                println!("example failure: {e}");
-            }
-            Ok(if r.failed() == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
-        _ => Err("no command".into()),
+        opts.duration = Some(Duration::from_secs_f64(d));
+        opts.requests = usize::MAX;
     }
+    if let Some(n) = args.requests {
+        opts.requests = n;
+    }
+    if let Some(r) = args.rate {
+        if !(r.is_finite() && r > 0.0) {
+            return Err(format!("--rate {r}: want requests per second > 0"));
+        }
+        opts.rate = Some(r);
+    }
+    opts.keepalive = args.keepalive;
+    opts.progress = args.progress;
+    opts.record = args.tsv.is_some();
+    let r = loadgen::run(&opts);
+    // One line however many servers answered: their count, and the one
+    // that answered most.
+    let top = r.pids.iter().max_by_key(|(_, n)| **n);
+    println!(
+        "requests={} ok={} failed={} failures={:?} servers={} top_pid={} elapsed_ms={}",
+        r.ok + r.failed(),
+        r.ok,
+        r.failed(),
+        r.failures,
+        r.pids.len(),
+        top.map_or("-".into(), |(pid, n)| format!("{pid}({n})")),
+        r.elapsed.as_millis()
+    );
+    if opts.record {
+        let s = Summary::of(&r.records);
+        println!(
+            "latency_ms mean={:.3} stddev={:.3} p50={:.3} p99={:.3} p99.9={:.3} max={:.3} rps={:.0}",
+            s.mean,
+            s.stddev,
+            s.p50,
+            s.p99,
+            s.p999,
+            s.max,
+            (r.ok + r.failed()) as f64 / r.elapsed.as_secs_f64().max(1e-9)
+        );
+    }
+    if let Some(path) = &args.tsv {
+        let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        stats::write_tsv(&mut std::io::BufWriter::new(file), &r.records)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    for e in &r.examples {
+        println!("example failure: {e}");
+    }
+    Ok(if r.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

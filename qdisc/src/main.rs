@@ -132,18 +132,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Probe { json } => {
             let p = qdisc::probe()?;
             if json {
-                let items: Vec<String> = p
+                let map: serde_json::Map<String, serde_json::Value> = p
                     .features
                     .iter()
-                    .map(|(n, s)| match s {
-                        Ok(()) => format!("\"{n}\":{{\"supported\":true}}"),
-                        Err(why) => format!(
-                            "\"{n}\":{{\"supported\":false,\"error\":{}}}",
-                            json_str(why)
-                        ),
+                    .map(|(n, s)| {
+                        let v = match s {
+                            Ok(()) => serde_json::json!({ "supported": true }),
+                            Err(why) => serde_json::json!({ "supported": false, "error": why }),
+                        };
+                        (n.to_string(), v)
                     })
                     .collect();
-                println!("{{{}}}", items.join(","));
+                println!("{}", serde_json::Value::Object(map));
             } else {
                 for (n, s) in &p.features {
                     match s {
@@ -244,49 +244,60 @@ fn status_text(s: &qdisc::Status) -> String {
     out
 }
 
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out += "\\\"",
-            '\\' => out += "\\\\",
-            c if (c as u32) < 0x20 => out += &format!("\\u{:04x}", c as u32),
-            c => out.push(c),
-        }
-    }
-    out + "\""
-}
-
+/// `status --json`: the kernel's answers (tree, filters, tables, the
+/// plug's counters) and, marked as such, our record of whether the plug is
+/// buffering (the kernel does not report it).
 fn status_json(s: &qdisc::Status) -> String {
-    let plug = match &s.plug {
-        Some(p) => format!(
-            "{{\"buffering\":{},\"held_packets\":{},\"held_bytes\":{},\"drops\":{},\"sent_packets\":{},\"sent_bytes\":{}}}",
-            s.buffering.map_or("null".into(), |b| b.to_string()),
-            p.held_packets,
-            p.held_bytes,
-            p.drops,
-            p.sent_packets,
-            p.sent_bytes
-        ),
-        None => "null".into(),
+    #[derive(serde::Serialize)]
+    struct PlugJson {
+        /// From our record, not the kernel.
+        buffering: Option<bool>,
+        held_packets: u32,
+        held_bytes: u32,
+        drops: u32,
+        sent_packets: u32,
+        sent_bytes: u64,
+        buffering_from: &'static str,
+        counters_from: &'static str,
+    }
+    #[derive(serde::Serialize)]
+    struct FilterJson<'a> {
+        kind: &'a str,
+        family: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct StatusJson<'a> {
+        dev: &'a str,
+        complete: bool,
+        root: bool,
+        other_root: Option<&'a str>,
+        fifos: [bool; 3],
+        plug: Option<PlugJson>,
+        filters: Vec<FilterJson<'a>>,
+        nf_tables: &'a [&'static str],
+    }
+    let out = StatusJson {
+        dev: &s.dev,
+        complete: s.complete(),
+        root: s.root,
+        other_root: s.other_root.as_deref(),
+        fifos: s.fifos,
+        plug: s.plug.as_ref().map(|p| PlugJson {
+            buffering: s.buffering,
+            held_packets: p.held_packets,
+            held_bytes: p.held_bytes,
+            drops: p.drops,
+            sent_packets: p.sent_packets,
+            sent_bytes: p.sent_bytes,
+            buffering_from: "record",
+            counters_from: "kernel",
+        }),
+        filters: s
+            .filters
+            .iter()
+            .map(|(k, f)| FilterJson { kind: k, family: f })
+            .collect(),
+        nf_tables: &s.tables,
     };
-    let filters: Vec<String> = s
-        .filters
-        .iter()
-        .map(|(k, f)| format!("{{\"kind\":{},\"family\":{}}}", json_str(k), json_str(f)))
-        .collect();
-    let tables: Vec<String> = s.tables.iter().map(|f| json_str(f)).collect();
-    format!(
-        "{{\"dev\":{},\"complete\":{},\"root\":{},\"other_root\":{},\"fifos\":[{},{},{}],\"plug\":{},\"filters\":[{}],\"nf_tables\":[{}]}}",
-        json_str(&s.dev),
-        s.complete(),
-        s.root,
-        s.other_root.as_deref().map_or("null".into(), json_str),
-        s.fifos[0],
-        s.fifos[1],
-        s.fifos[2],
-        plug,
-        filters.join(","),
-        tables.join(",")
-    )
+    serde_json::to_string(&out).expect("plain data serializes")
 }

@@ -103,21 +103,9 @@ enum Strategy {
 /// How often draining generations are looked at between reloads.
 const REAP_EVERY: Duration = Duration::from_millis(50);
 
+/// `100ms`, `2s`, `1m 30s` (humantime's syntax).
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: want a duration like 100ms, 2s or 1m"))?;
-    let secs = match unit {
-        "ms" => n / 1e3,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m)")),
-    };
-    if !(secs.is_finite() && secs >= 0.0) {
-        return Err(format!("{s:?}: not a duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (want e.g. 100ms, 2s, 1m)"))
 }
 
 fn main() -> ExitCode {

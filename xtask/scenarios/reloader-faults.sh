@@ -152,7 +152,7 @@ grep -q ' failed=0 ' /tmp/kill-load.out || fail "failed requests across the SIGK
 gen1=$(sed -n 's/.*generation 1: PID \([0-9]*\) healthy.*/\1/p' /tmp/reloader2.log)
 loadgen run 127.0.0.1:7000 -c 2 -n 200 > /tmp/after.out
 cat /tmp/after.out
-grep -q "pids={$gen1: 200}" /tmp/after.out || fail "not only PID $gen1 answers after the takeover"
+grep -q "servers=1 top_pid=$gen1(200)" /tmp/after.out || fail "not only PID $gen1 answers after the takeover"
 
 echo "--- SIGTERM to the reloader in the middle of a reload"
 touch /tmp/mode-slow

@@ -71,7 +71,10 @@ fn probe_reports_what_this_kernel_lacks() {
         let json = String::from_utf8_lossy(&qdisc(&["probe", "--json"]).stdout).into_owned();
         let v: serde_json::Value = serde_json::from_str(&json).expect("probe --json is JSON");
         assert_eq!(v["plug"]["supported"], false, "{json}");
-        assert!(v["plug"]["error"].as_str().unwrap().contains("sch_plug"), "{json}");
+        assert!(
+            v["plug"]["error"].as_str().unwrap().contains("sch_plug"),
+            "{json}"
+        );
         assert_eq!(v["u32"]["supported"], true, "{json}");
     });
 }

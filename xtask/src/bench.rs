@@ -32,53 +32,60 @@ const SEED: [(&str, f64, f64, f64, f64); 2] = [
     ),
 ];
 
-#[derive(Debug, Clone)]
-pub struct Args {
+/// `cargo xtask bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Requests per run (default: 100,000 on the host, 10,000 in the VM).
+    #[arg(long)]
     pub requests: Option<usize>,
+    /// Concurrencies, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
     pub concurrency: Vec<usize>,
-    pub strategies: Vec<String>,
+    /// Strategies, comma-separated.
+    #[arg(long = "strategy", value_delimiter = ',', default_value = "none,plug")]
+    pub strategies: Vec<Strategy>,
+    /// Requests of the `ab` cross-check (default: min(requests, 10,000); 0: none).
+    #[arg(long)]
     pub ab_requests: Option<usize>,
-    pub out: PathBuf,
+    /// Results folder (default: results/bench).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
-fn parse(args: &[String], demo: bool) -> Result<Args> {
-    let mut a = Args {
-        requests: None,
-        concurrency: if demo { vec![1] } else { vec![1, 32] },
-        strategies: if demo {
-            vec!["plug".into()]
-        } else {
-            vec!["none".into(), "plug".into()]
-        },
-        ab_requests: None,
-        out: workspace_root()
-            .join("results")
-            .join(if demo { "demo" } else { "bench" }),
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let v = it.next().with_context(|| format!("{flag} needs a value"))?;
-        let list = || v.split(',').map(str::trim).filter(|s| !s.is_empty());
-        match flag.as_str() {
-            "--requests" => a.requests = Some(v.parse().context("--requests: a count")?),
-            "--concurrency" if !demo => {
-                a.concurrency = list()
-                    .map(|c| c.parse())
-                    .collect::<Result<_, _>>()
-                    .context("--concurrency: counts")?
-            }
-            "--strategy" if !demo => a.strategies = list().map(str::to_owned).collect(),
-            "--ab-requests" => a.ab_requests = Some(v.parse().context("--ab-requests: a count")?),
-            "--out" => a.out = PathBuf::from(v),
-            other => bail!("unknown option {other}"),
+/// `cargo xtask demo`: the seed's experiment, c=1, the plug.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    #[arg(long)]
+    pub requests: Option<usize>,
+    #[arg(long)]
+    pub ab_requests: Option<usize>,
+    /// Results folder (default: results/demo).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    None,
+    Plug,
+}
+
+impl Strategy {
+    fn name(self) -> &'static str {
+        match self {
+            Strategy::None => "none",
+            Strategy::Plug => "plug",
         }
     }
-    for s in &a.strategies {
-        if s != "plug" && s != "none" {
-            bail!("--strategy {s}: plug or none");
-        }
-    }
-    Ok(a)
+}
+
+#[derive(Debug, Clone)]
+struct Args {
+    requests: Option<usize>,
+    concurrency: Vec<usize>,
+    strategies: Vec<String>,
+    ab_requests: Option<usize>,
+    out: PathBuf,
 }
 
 /// Where the runs can happen.
@@ -100,12 +107,30 @@ fn place() -> Place {
     }
 }
 
-pub fn bench(args: &[String]) -> Result<()> {
-    run(parse(args, false)?, false)
+pub fn bench(b: BenchArgs) -> Result<()> {
+    let a = Args {
+        requests: b.requests,
+        concurrency: b.concurrency,
+        strategies: b.strategies.iter().map(|s| s.name().to_owned()).collect(),
+        ab_requests: b.ab_requests,
+        out: b
+            .out
+            .unwrap_or_else(|| workspace_root().join("results/bench")),
+    };
+    run(a, false)
 }
 
-pub fn demo(args: &[String]) -> Result<()> {
-    run(parse(args, true)?, true)
+pub fn demo(d: DemoArgs) -> Result<()> {
+    let a = Args {
+        requests: d.requests,
+        concurrency: vec![1],
+        strategies: vec!["plug".into()],
+        ab_requests: d.ab_requests,
+        out: d
+            .out
+            .unwrap_or_else(|| workspace_root().join("results/demo")),
+    };
+    run(a, true)
 }
 
 fn run(mut a: Args, demo: bool) -> Result<()> {

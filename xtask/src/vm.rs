@@ -210,66 +210,36 @@ fn boot(
     }
 }
 
-/// The parsed `cargo xtask vm` command line.
-pub struct Args {
-    pub timeout: Duration,
-    pub kernel: Option<Kernel>,
+/// `cargo xtask vm`: boots a kernel with sch_prio/sch_plug/cls_fw (default:
+/// the current Debian linux-image-*-amd64, downloaded once into target/vm)
+/// under qemu and runs COMMAND as root. The project's binaries are on PATH;
+/// iproute2 (tc, ip, ss), nft and ab are at /usr/sbin/<name>.
+#[derive(clap::Args, Debug, Clone)]
+pub struct VmArgs {
+    /// Seconds before the guest is stopped and the run fails.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
+    /// A kernel image of your own (with --modules).
+    #[arg(long, value_name = "VMLINUZ", requires = "modules")]
+    pub kernel: Option<PathBuf>,
+    /// Its lib/modules/<version> folder (with --kernel).
+    #[arg(long, value_name = "DIR", requires = "kernel")]
+    pub modules: Option<PathBuf>,
+    /// The command to run in the guest.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
-pub const USAGE: &str =
-    "usage: cargo xtask vm [--timeout SECS] [--kernel VMLINUZ --modules DIR] -- COMMAND [ARGS...]
-  Boots a kernel with sch_prio/sch_plug/cls_fw (default: the current Debian
-  linux-image-*-amd64, downloaded once into target/vm) under qemu and runs
-  COMMAND as root. DIR is the kernel's lib/modules/<version>. The project's
-  binaries are on PATH; iproute2 (tc, ip, ss), nft and ab are at /usr/sbin/<name>.";
-
-pub fn parse_args(args: &[String]) -> Result<Args> {
-    let mut timeout = Duration::from_secs(300);
-    let (mut vmlinuz, mut modules) = (None, None);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || {
-            it.next()
-                .with_context(|| format!("{a} needs a value\n{USAGE}"))
-        };
-        match a.as_str() {
-            "--timeout" => {
-                let v = value()?;
-                timeout = Duration::from_secs(
-                    v.parse()
-                        .with_context(|| format!("--timeout {v}: not a number of seconds"))?,
-                );
-            }
-            "--kernel" => vmlinuz = Some(PathBuf::from(value()?)),
-            "--modules" => modules = Some(PathBuf::from(value()?)),
-            "--" => break,
-            "-h" | "--help" => bail!("{USAGE}"),
-            other => bail!("unknown option {other:?}\n{USAGE}"),
-        }
-    }
-    let command: Vec<String> = it.cloned().collect();
-    if command.is_empty() {
-        bail!("no command given\n{USAGE}");
-    }
-    let kernel = match (vmlinuz, modules) {
-        (Some(vmlinuz), Some(modules)) => Some(Kernel { vmlinuz, modules }),
-        (None, None) => None,
-        _ => bail!("--kernel and --modules go together\n{USAGE}"),
-    };
-    Ok(Args {
-        timeout,
-        kernel,
-        command,
-    })
-}
-
 /// `cargo xtask vm ...`: returns COMMAND's exit status.
-pub fn main(args: &[String]) -> Result<i32> {
-    let args = parse_args(args)?;
-    let prepared = prepare(args.kernel)?;
+pub fn main(args: VmArgs) -> Result<i32> {
+    let kernel = match (args.kernel, args.modules) {
+        (Some(vmlinuz), Some(modules)) => Some(Kernel { vmlinuz, modules }),
+        _ => None,
+    };
+    let prepared = prepare(kernel)?;
     let start = Instant::now();
-    let code = prepared.run(&args.command, args.timeout, |l| eprintln!("{l}"))?;
+    let timeout = Duration::from_secs(args.timeout);
+    let code = prepared.run(&args.command, timeout, |l| eprintln!("{l}"))?;
     eprintln!(
         "xtask: guest exited {code} after {:.1} s",
         start.elapsed().as_secs_f64()

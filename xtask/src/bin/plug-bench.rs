@@ -14,23 +14,21 @@ use std::time::{Duration, Instant};
 use qdisc::bench::RawToggle;
 use qdisc::{Classifier, Config, Plug};
 
+/// The median cost of a plug+release pair in-process against spawning `tc`.
+#[derive(clap::Parser, Debug)]
+#[command(name = "plug-bench")]
+struct Cli {
+    /// In-process pairs to time.
+    #[arg(long, default_value_t = 2000)]
+    iterations: usize,
+    /// Pairs of `tc` spawns to time.
+    #[arg(long, default_value_t = 100)]
+    spawns: usize,
+}
+
 fn main() {
-    let mut iterations = 2000usize;
-    let mut spawns = 100usize;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let n = it.next().and_then(|v| v.parse().ok());
-        match (a.as_str(), n) {
-            ("--iterations", Some(n)) => iterations = n,
-            ("--spawns", Some(n)) => spawns = n,
-            _ => {
-                eprintln!("usage: plug-bench [--iterations N] [--spawns N]");
-                std::process::exit(2);
-            }
-        }
-    }
-    if let Err(e) = run(iterations, spawns) {
+    let cli = <Cli as clap::Parser>::parse();
+    if let Err(e) = run(cli.iterations, cli.spawns) {
         eprintln!("plug-bench: {e}");
         std::process::exit(1);
     }

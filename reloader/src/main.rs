@@ -2,6 +2,7 @@
 //! restrict privileges (before any thread exists), then supervise.
 
 mod control;
+mod error;
 mod generation;
 mod health;
 mod listeners;
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use qdisc::{Classifier, Config, Plug};
 use tokio::signal::unix::{signal, SignalKind};
@@ -141,12 +143,12 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build();
             match rt
-                .map_err(|e| e.to_string())
+                .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(run(args)))
             {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("reloader: error: {e}");
+                    eprintln!("reloader: error: {e:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -156,14 +158,14 @@ fn main() -> ExitCode {
 
 /// Makes sure the plug tree is there (setting it up unless told not to) and
 /// releases a plug a killed predecessor may have left buffering.
-fn prepare_plug(args: &RunArgs) -> Result<Plug, String> {
-    let status = qdisc::status(&args.dev).map_err(|e| e.to_string())?;
+fn prepare_plug(args: &RunArgs) -> anyhow::Result<Plug> {
+    let status = qdisc::status(&args.dev)?;
     if args.no_setup {
         if !status.complete() {
-            return Err(format!(
+            anyhow::bail!(
                 "the plug tree is missing or incomplete on {}: run `qdisc setup --dev {} --port {}`, or drop --no-setup",
                 args.dev, args.dev, args.addr.port()
-            ));
+            );
         }
     } else {
         // Set up, or scope an existing tree to our port: only SYNs to the
@@ -178,7 +180,7 @@ fn prepare_plug(args: &RunArgs) -> Result<Plug, String> {
             port: Some(args.addr.port()),
             ..Config::default()
         })
-        .map_err(|e| format!("setting up the plug tree: {e}"))?;
+        .context("setting up the plug tree")?;
         log(&format!(
             "plug tree on {} holds SYNs to port {} only (classifier {})",
             args.dev,
@@ -186,18 +188,18 @@ fn prepare_plug(args: &RunArgs) -> Result<Plug, String> {
             classifier.kind()
         ));
     }
-    let mut plug = Plug::open(&args.dev).map_err(|e| e.to_string())?;
+    let mut plug = Plug::open(&args.dev)?;
     // A reloader killed mid-reload leaves the plug buffering; nobody else
     // would release it.
     let was = qdisc::status(&args.dev).ok().and_then(|s| s.buffering);
-    plug.release().map_err(|e| e.to_string())?;
+    plug.release()?;
     if was == Some(true) {
         log("released a plug left buffering by an earlier reloader");
     }
     Ok(plug)
 }
 
-async fn run(args: RunArgs) -> Result<(), String> {
+async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _owner = match args.strategy {
         Strategy::Plug => Some(owner::take(&args.dev, args.addr.port())?),
         Strategy::None => None,
@@ -207,19 +209,19 @@ async fn run(args: RunArgs) -> Result<(), String> {
         Strategy::None => Box::new(NoSwap),
     };
     let check = match &args.health {
-        Some(url) => health::Check::from_url(url)?,
+        Some(url) => health::Check::from_url(url).map_err(anyhow::Error::msg)?,
         None => health::Check::Pid(args.addr),
     };
     let control_path = args.control.clone().unwrap_or_else(control::default_path);
     let mut requests = control::serve(&control_path)
-        .map_err(|e| format!("control socket {}: {e}", control_path.display()))?;
+        .with_context(|| format!("control socket {}", control_path.display()))?;
     let notify_path = PathBuf::from(format!("{}.notify", control_path.display()));
     let notify = notify::Notify::bind(&notify_path)
-        .map_err(|e| format!("notify socket {}: {e}", notify_path.display()))?;
+        .with_context(|| format!("notify socket {}", notify_path.display()))?;
 
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
 
     let opts = Options {
         command: args.command.clone(),
@@ -248,7 +250,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             _ = term.recv() => break Ok(()),
             _ = int.recv() => break Ok(()),
             status = sup.current.wait() => {
-                break Err(format!("server PID {} exited on its own ({})", sup.current.pid,
+                break Err(anyhow::anyhow!("server PID {} exited on its own ({})", sup.current.pid,
                     status.map_or("unknown status".into(), |s| s.to_string())));
             }
             _ = tokio::time::sleep(REAP_EVERY), if sup.draining() => {
@@ -274,13 +276,13 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 ok += 1;
                 log(line);
             }
-            Err(line) => {
+            Err(e) => {
                 failed += 1;
-                log(line);
+                log(&e.to_string());
             }
         }
         if let Some(reply) = reply {
-            let _ = reply.send(outcome);
+            let _ = reply.send(outcome.map_err(|e| e.to_string()));
         }
     };
     sup.shutdown().await;

@@ -8,34 +8,52 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 
+#[derive(Debug, thiserror::Error)]
+pub enum OwnerError {
+    #[error(
+        "no writable directory for the plug's owner lock (/run/reuse-plug, $XDG_RUNTIME_DIR, /tmp)"
+    )]
+    NoDirectory,
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another reloader already uses the plug tree on {dev} ({holder}); run one reloader per device (a second port needs its own tree: a separate network namespace, or --strategy none)")]
+    Taken { dev: String, holder: String },
+}
+
 /// Held for the reloader's lifetime.
 pub struct Owner {
     _file: File,
 }
 
-pub fn take(dev: &str, port: u16) -> Result<Owner, String> {
-    let path = qdisc::runtime_path(dev, "reloader").ok_or(
-        "no writable directory for the plug's owner lock (/run/reuse-plug, $XDG_RUNTIME_DIR, /tmp)",
-    )?;
+pub fn take(dev: &str, port: u16) -> Result<Owner, OwnerError> {
+    let path = qdisc::runtime_path(dev, "reloader").ok_or(OwnerError::NoDirectory)?;
+    let io = |source| OwnerError::Io {
+        path: path.clone(),
+        source,
+    };
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(io)?;
     // SAFETY: flock on a file we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(format!("locking {}: {err}", path.display()));
+            return Err(io(err));
         }
         let mut who = String::new();
         let _ = file.read_to_string(&mut who);
-        return Err(format!(
-            "another reloader already uses the plug tree on {dev} ({}); run one reloader per device (a second port needs its own tree: a separate network namespace, or --strategy none)",
-            who.trim()
-        ));
+        return Err(OwnerError::Taken {
+            dev: dev.to_owned(),
+            holder: who.trim().to_owned(),
+        });
     }
     let _ = file.set_len(0);
     let _ = file.rewind();

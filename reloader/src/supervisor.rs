@@ -24,6 +24,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::error::{Error, Refusal, ReloadError};
 use crate::generation::Generation;
 use crate::health::Check;
 use crate::listeners::Listeners;
@@ -99,41 +100,43 @@ pub fn log(msg: &str) {
 
 /// Whether `net.ipv4.tcp_migrate_req` is on in our network namespace (the
 /// server's). Absent (Linux < 5.14) means off.
-pub fn migrate_req() -> Result<bool, String> {
+pub fn migrate_req() -> Result<bool, Error> {
     match std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req") {
         Ok(s) => Ok(s.trim() == "1"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(format!("reading net.ipv4.tcp_migrate_req: {e}")),
+        Err(e) => Err(Error::Sysctl(e)),
     }
 }
 
 impl Ctx {
     /// Listeners on our port (IPv4 and IPv6). A failed query is an error.
-    fn listening(&mut self) -> Result<BTreeSet<u32>, String> {
-        self.diag.on_port(self.opts.port).map_err(|e| {
-            format!("sock_diag query failed: {e} (the kernel needs inet_diag and tcp_diag)")
-        })
+    fn listening(&mut self) -> Result<BTreeSet<u32>, Error> {
+        Ok(self.diag.on_port(self.opts.port)?)
     }
 
     /// `gen`'s listeners in the group: sock_diag's listeners that are among
     /// its open sockets.
-    fn its_listeners(&mut self, gen: &Generation) -> Result<BTreeSet<u32>, String> {
+    fn its_listeners(&mut self, gen: &Generation) -> Result<BTreeSet<u32>, Error> {
         let all = self.listening()?;
         if all.is_empty() {
             return Ok(all);
         }
-        let own = gen
-            .sockets()
-            .map_err(|e| format!("reading /proc/{}/fd: {e}", gen.pid))?;
+        let own = gen.sockets().map_err(|source| Error::Proc {
+            pid: gen.pid,
+            source,
+        })?;
         Ok(all.intersection(&own).copied().collect())
     }
 
     /// Step 2: waits until `gen` is bound behind its gate or in the group.
-    async fn wait_started(&mut self, gen: &mut Generation) -> Result<Started, String> {
+    async fn wait_started(&mut self, gen: &mut Generation) -> Result<Started, Refusal> {
         let deadline = Instant::now() + self.opts.ready_timeout;
         loop {
             if let Some(status) = gen.exited() {
-                return Err(format!("new server PID {} exited ({status})", gen.pid));
+                return Err(Refusal::Exited {
+                    pid: gen.pid,
+                    status: status.to_string(),
+                });
             }
             while let Ok((pid, note)) = self.notify.notes.try_recv() {
                 match note {
@@ -148,23 +151,27 @@ impl Ctx {
                 return Ok(Started::Joined);
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "new server PID {} did not bind port {} within {:?}",
-                    gen.pid, self.opts.port, self.opts.ready_timeout
-                ));
+                return Err(Refusal::NoBind {
+                    pid: gen.pid,
+                    port: self.opts.port,
+                    within: self.opts.ready_timeout,
+                });
             }
             tokio::time::sleep(START_POLL).await;
         }
     }
 
     /// Step 3: checks `gen` until it passes, exits, or the ready timeout.
-    async fn check(&mut self, gen: &mut Generation, at: Option<SocketAddr>) -> Result<(), String> {
+    async fn check(&mut self, gen: &mut Generation, at: Option<SocketAddr>) -> Result<(), Refusal> {
         let deadline = Instant::now() + self.opts.ready_timeout;
         // The most telling failure: the new server's own answer.
         let mut telling: Option<String> = None;
         loop {
             if let Some(status) = gen.exited() {
-                return Err(format!("exited ({status}) before it was healthy"));
+                return Err(Refusal::Exited {
+                    pid: gen.pid,
+                    status: format!("{status}, before it was healthy"),
+                });
             }
             let left = deadline.saturating_duration_since(Instant::now());
             let try_for = left.clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -175,11 +182,11 @@ impl Ctx {
                 Err(_) => {}
             }
             if Instant::now() >= deadline {
-                let why = telling.unwrap_or_else(|| "no answer".into());
-                return Err(format!(
-                    "not healthy within {:?}: {why}",
-                    self.opts.ready_timeout
-                ));
+                return Err(Refusal::Unhealthy {
+                    pid: gen.pid,
+                    within: self.opts.ready_timeout,
+                    why: telling.unwrap_or_else(|| "no answer".into()),
+                });
             }
             tokio::time::sleep(POLL).await;
         }
@@ -187,16 +194,16 @@ impl Ctx {
 
     /// A gated server passed its check: tell it to join, and wait until its
     /// listeners are in the group.
-    async fn join(&mut self, gen: &mut Generation) -> Result<(), String> {
+    async fn join(&mut self, gen: &mut Generation) -> Result<(), Refusal> {
         gen.signal(libc::SIGUSR2);
         let deadline = Instant::now() + self.opts.ready_timeout;
         let mut ready = false;
         loop {
             if let Some(status) = gen.exited() {
-                return Err(format!(
-                    "new server PID {} exited ({status}) while joining",
-                    gen.pid
-                ));
+                return Err(Refusal::Exited {
+                    pid: gen.pid,
+                    status: format!("{status}, while joining"),
+                });
             }
             while let Ok((pid, note)) = self.notify.notes.try_recv() {
                 ready |= pid == gen.pid && note == Note::Ready;
@@ -209,24 +216,23 @@ impl Ctx {
             }
             if Instant::now() >= deadline {
                 gen.listeners = mine;
-                return Err(format!(
-                    "new server PID {} passed its check but did not join within {:?}",
-                    gen.pid, self.opts.ready_timeout
-                ));
+                return Err(Refusal::NoJoin {
+                    pid: gen.pid,
+                    within: self.opts.ready_timeout,
+                });
             }
             tokio::time::sleep(POLL).await;
         }
     }
 
     /// Waits (until `end`) for no handshake to our port to be half done.
-    async fn wait_no_half_open(&mut self, end: Instant) -> Result<(), String> {
+    async fn wait_no_half_open(&mut self, end: Instant) -> Result<(), Error> {
         let end = end.min(Instant::now() + HALF_OPEN_WAIT);
         let mut quiet = 0;
         while quiet < SETTLE_POLLS && Instant::now() < end {
-            match self.diag.half_open(self.opts.port) {
-                Ok(0) => quiet += 1,
-                Ok(_) => quiet = 0,
-                Err(e) => return Err(format!("sock_diag query failed: {e}")),
+            match self.diag.half_open(self.opts.port)? {
+                0 => quiet += 1,
+                _ => quiet = 0,
             }
             tokio::time::sleep(POLL).await;
         }
@@ -236,15 +242,13 @@ impl Ctx {
     /// Before a SIGKILL: waits (until `end`) until `gen` has no connection
     /// to our port open and none waits in an accept queue, so the kill cuts
     /// no request. New ones are held meanwhile.
-    async fn wait_idle(&mut self, gen: &Generation, end: Instant) -> Result<(), String> {
+    async fn wait_idle(&mut self, gen: &Generation, end: Instant) -> Result<(), Error> {
         while Instant::now() < end {
-            let est = self
-                .diag
-                .established(self.opts.port)
-                .map_err(|e| format!("sock_diag query failed: {e}"))?;
-            let own = gen
-                .sockets()
-                .map_err(|e| format!("reading /proc/{}/fd: {e}", gen.pid))?;
+            let est = self.diag.established(self.opts.port)?;
+            let own = gen.sockets().map_err(|source| Error::Proc {
+                pid: gen.pid,
+                source,
+            })?;
             if !est.iter().any(|i| *i == 0 || own.contains(i)) {
                 return Ok(());
             }
@@ -255,7 +259,7 @@ impl Ctx {
 
     /// Waits until none of `gen`'s listeners is in the group (or it
     /// exited), until `end`. Returns whether they left.
-    async fn wait_left(&mut self, gen: &mut Generation, end: Instant) -> Result<bool, String> {
+    async fn wait_left(&mut self, gen: &mut Generation, end: Instant) -> Result<bool, Error> {
         loop {
             if gen.exited().is_some() {
                 return Ok(true);
@@ -272,7 +276,7 @@ impl Ctx {
 
     /// Step 4: takes `gen` out of the group with `signal`, holding new
     /// connections for that instant only (and never past the hold limit).
-    async fn close(&mut self, gen: &mut Generation, signal: i32) -> Result<Closed, String> {
+    async fn close(&mut self, gen: &mut Generation, signal: i32) -> Result<Closed, Error> {
         if gen.exited().is_none() {
             // Every listener it has now, including any bound after it joined.
             let now = self.its_listeners(gen)?;
@@ -315,19 +319,19 @@ impl Ctx {
 
 impl Supervisor {
     /// Starts the first generation and waits until it is healthy.
-    pub async fn start(opts: Options, swap: Box<dyn Swap>, notify: Notify) -> Result<Self, String> {
-        let mut diag =
-            Listeners::open().map_err(|e| format!("cannot open a sock_diag socket: {e}"))?;
+    pub async fn start(opts: Options, swap: Box<dyn Swap>, notify: Notify) -> Result<Self, Error> {
+        let mut diag = Listeners::open()?;
         // Ask once now: a kernel without tcp_diag must stop us here, not
         // make every reload unprotected.
-        let found = diag.on_port(opts.port).map_err(|e| {
-            format!("sock_diag cannot list TCP listeners: {e}; load the tcp_diag module (modprobe tcp_diag)")
-        })?;
+        let found = diag.on_port(opts.port)?;
         // Generations a killed reloader left serving: adopted now, retired
         // with the same protocol once ours serves, so exactly one remains.
         let orphans = Self::adopt_orphans(&found)?;
-        let first = Generation::spawn(1, &opts.command, &notify.path)
-            .map_err(|e| format!("cannot start {:?}: {e}", opts.command[0]))?;
+        let first =
+            Generation::spawn(1, &opts.command, &notify.path).map_err(|source| Error::Spawn {
+                command: opts.command[0].clone(),
+                source,
+            })?;
         log(&format!("generation 1: started PID {}", first.pid));
         let mut sup = Supervisor {
             ctx: Ctx {
@@ -368,18 +372,17 @@ impl Supervisor {
             Err(e) => {
                 sup.current.signal(libc::SIGKILL);
                 let _ = sup.current.wait().await;
-                Err(format!("the first server never became healthy: {e}"))
+                Err(Error::FirstUnhealthy(Box::new(e)))
             }
         }
     }
 
     /// Finds who owns listeners already on our port and adopts them.
-    fn adopt_orphans(found: &BTreeSet<u32>) -> Result<Vec<Generation>, String> {
+    fn adopt_orphans(found: &BTreeSet<u32>) -> Result<Vec<Generation>, Error> {
         if found.is_empty() {
             return Ok(Vec::new());
         }
-        let owners = crate::generation::owners_of(found)
-            .map_err(|e| format!("finding the owners of listeners on our port: {e}"))?;
+        let owners = crate::generation::owners_of(found).map_err(Error::Owners)?;
         let mut owned = BTreeSet::new();
         let mut out = Vec::new();
         for (pid, listeners) in owners {
@@ -389,19 +392,17 @@ impl Supervisor {
             ));
             out.push(
                 Generation::adopt(0, pid, listeners)
-                    .map_err(|e| format!("adopting PID {pid} (pidfd_open): {e}"))?,
+                    .map_err(|source| Error::Adopt { pid, source })?,
             );
         }
-        if let Some(stray) = found.difference(&owned).next() {
-            return Err(format!(
-                "listener inode {stray} on our port belongs to no process of ours; stop whatever else listens there"
-            ));
+        if let Some(&inode) = found.difference(&owned).next() {
+            return Err(Error::Stray { inode });
         }
         Ok(out)
     }
 
     /// Steps 2 and 3 for `gen`. On success it is in the group and healthy.
-    async fn bring_up(ctx: &mut Ctx, gen: &mut Generation) -> Result<&'static str, String> {
+    async fn bring_up(ctx: &mut Ctx, gen: &mut Generation) -> Result<&'static str, Refusal> {
         match ctx.wait_started(gen).await? {
             Started::Gate(addr) => {
                 ctx.check(gen, Some(addr)).await?;
@@ -417,7 +418,7 @@ impl Supervisor {
 
     /// One reload. `Ok` with the log line when the new generation took over;
     /// `Err` with the reason when it rolled back (the old one still serves).
-    pub async fn reload(&mut self) -> Result<String, String> {
+    pub async fn reload(&mut self) -> Result<String, ReloadError> {
         self.reap().await;
         let t0 = Instant::now();
         let number = self.next;
@@ -426,12 +427,13 @@ impl Supervisor {
         // Readiness messages left over from earlier generations are stale.
         while self.ctx.notify.notes.try_recv().is_ok() {}
 
+        let failed = |source: Error| ReloadError::Failed { number, source };
         let spawned = Generation::spawn(number, &self.ctx.opts.command, &self.ctx.notify.path)
-            .map_err(|e| {
-                format!(
-                    "reload #{number}: cannot start {:?}: {e}; PID {old_pid} keeps serving",
-                    self.ctx.opts.command[0]
-                )
+            .map_err(|source| {
+                failed(Error::Spawn {
+                    command: self.ctx.opts.command[0].clone(),
+                    source,
+                })
             })?;
         let new = self.pending.insert(spawned);
         let up = Self::bring_up(&mut self.ctx, new).await;
@@ -441,11 +443,14 @@ impl Supervisor {
             let pid = new.pid;
             let closed = self.ctx.close(&mut new, libc::SIGTERM).await;
             self.retire(new, closed.as_ref().ok());
-            let held = closed?.held;
-            return Err(format!(
-                "reload #{number}: rolled back: new server PID {pid}: {why}; PID {old_pid} keeps serving (held {})",
-                opt_ms(held)
-            ));
+            let held = closed.map_err(failed)?.held;
+            return Err(ReloadError::RolledBack {
+                number,
+                pid,
+                why,
+                old: old_pid,
+                held: opt_ms(held),
+            });
         }
 
         // Step 4 on the current generation, which stays reachable in `self`
@@ -454,7 +459,7 @@ impl Supervisor {
         let new = self.pending.take().expect("pending generation");
         let old = std::mem::replace(&mut self.current, new);
         self.retire(old, closed.as_ref().ok());
-        let closed = closed?;
+        let closed = closed.map_err(failed)?;
         Ok(format!(
             "reload #{number}: ok, PID {old_pid} -> {} | up {} | held {}{} | total {} [{}]",
             self.current.pid,

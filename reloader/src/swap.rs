@@ -13,9 +13,9 @@ pub trait Swap {
     /// handshakes only then).
     fn protects(&self) -> bool;
     /// New connections must wait from now on.
-    fn hold(&mut self) -> Result<(), String>;
+    fn hold(&mut self) -> Result<(), qdisc::Error>;
     /// New connections may proceed; returns how long they were held.
-    fn release(&mut self) -> Result<Option<Duration>, String>;
+    fn release(&mut self) -> Result<Option<Duration>, qdisc::Error>;
     /// Best effort release for error and exit paths; never fails.
     fn release_quietly(&mut self) {
         let _ = self.release();
@@ -43,12 +43,12 @@ impl Swap for PlugSwap {
         true
     }
 
-    fn hold(&mut self) -> Result<(), String> {
-        self.plug.buffer().map_err(|e| e.to_string())
+    fn hold(&mut self) -> Result<(), qdisc::Error> {
+        self.plug.buffer()
     }
 
-    fn release(&mut self) -> Result<Option<Duration>, String> {
-        self.plug.release().map_err(|e| e.to_string())
+    fn release(&mut self) -> Result<Option<Duration>, qdisc::Error> {
+        self.plug.release()
     }
 }
 
@@ -73,11 +73,11 @@ impl Swap for NoSwap {
         false
     }
 
-    fn hold(&mut self) -> Result<(), String> {
+    fn hold(&mut self) -> Result<(), qdisc::Error> {
         Ok(())
     }
 
-    fn release(&mut self) -> Result<Option<Duration>, String> {
+    fn release(&mut self) -> Result<Option<Duration>, qdisc::Error> {
         Ok(None)
     }
 }

@@ -125,17 +125,29 @@ async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Option<u32>,
     .await?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let pid = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("x-server-pid")
-            .then(|| v.trim().parse().ok())?
-    });
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Response::new(&mut headers);
+    let head_len = match r.parse(&raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before a whole response head",
+            ))
+        }
+        Err(e) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad response head: {e}"),
+            ))
+        }
+    };
+    let status = r.code.unwrap_or(0);
+    let pid = r
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("x-server-pid"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
+    let body = String::from_utf8_lossy(&raw[head_len..]);
     Ok((status, pid, body.to_owned()))
 }

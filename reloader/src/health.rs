@@ -149,5 +149,5 @@ async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Option<u32>,
         .find(|h| h.name.eq_ignore_ascii_case("x-server-pid"))
         .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
     let body = String::from_utf8_lossy(&raw[head_len..]);
-    Ok((status, pid, body.to_owned()))
+    Ok((status, pid, body.into_owned()))
 }

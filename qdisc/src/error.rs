@@ -12,7 +12,19 @@ pub enum Object {
     /// A change to a qdisc that must already exist (the plug toggles).
     Existing(&'static str),
     NfTables,
+    /// A network device of a kind (the ifb).
+    Link(&'static str),
     Other,
+}
+
+/// A kernel feature an error showed missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    Qdisc(&'static str),
+    Classifier(&'static str),
+    Action(&'static str),
+    Link(&'static str),
+    NfTables,
 }
 
 #[derive(Debug)]
@@ -62,12 +74,12 @@ impl Error {
 
     /// Whether this says the kernel lacks the kind of object asked for.
     pub fn is_unsupported(&self) -> bool {
-        matches!(self, Error::Kernel { .. })
-            && self.advice().is_some_and(|a| a.starts_with("kernel lacks"))
+        self.missing().is_some()
     }
 
-    /// What to do, when we can tell.
-    pub fn advice(&self) -> Option<String> {
+    /// The kernel feature this error shows missing, read from the errno,
+    /// what we asked for and the kernel's own text.
+    pub fn missing(&self) -> Option<Missing> {
         let Error::Kernel {
             object,
             errno,
@@ -79,30 +91,65 @@ impl Error {
         };
         let text = text.as_deref().unwrap_or("");
         match (*errno, object) {
-            (libc::EPERM, _) => Some(NEEDS_CAP_NET_ADMIN.into()),
             (libc::ENOENT, Object::Qdisc(kind))
-                if text.contains("kind is unknown") || text == "Specified qdisc not found" || text.is_empty() =>
+                if text.contains("kind is unknown")
+                    || text == "Specified qdisc not found"
+                    || text.is_empty() =>
             {
-                Some(format!(
+                Some(Missing::Qdisc(kind))
+            }
+            (libc::ENOENT, Object::Filter(_)) if text.contains("action module") => {
+                Some(Missing::Action("mirred"))
+            }
+            (libc::ENOENT, Object::Filter(kind))
+                if text.contains("classifier not found") || text.is_empty() =>
+            {
+                Some(Missing::Classifier(kind))
+            }
+            (libc::EOPNOTSUPP, Object::Link(kind)) => Some(Missing::Link(kind)),
+            (libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT | libc::EOPNOTSUPP, Object::NfTables) => {
+                Some(Missing::NfTables)
+            }
+            (libc::ENOENT, Object::NfTables) if text.is_empty() => Some(Missing::NfTables),
+            _ => None,
+        }
+    }
+
+    /// What to do, when we can tell.
+    pub fn advice(&self) -> Option<String> {
+        let Error::Kernel { object, errno, .. } = self else {
+            return None;
+        };
+        if *errno == libc::EPERM {
+            return Some(NEEDS_CAP_NET_ADMIN.into());
+        }
+        if let Some(m) = self.missing() {
+            return Some(match m {
+                Missing::Qdisc(kind) => format!(
                     "kernel lacks the {kind} qdisc ({}): load the module or use a kernel that has it",
                     config_name(kind)
-                ))
-            }
-            (libc::ENOENT, Object::Existing(kind)) => {
-                Some(format!("there is no {kind} qdisc of ours on this device: run `qdisc setup` first"))
-            }
-            (libc::ENOENT, Object::Filter(kind)) if text.contains("classifier not found") || text.is_empty() => {
-                Some(format!(
+                ),
+                Missing::Classifier(kind) => format!(
                     "kernel lacks the {kind} classifier ({}): load the module or use a kernel that has it",
                     config_name(kind)
-                ))
-            }
-            (libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT | libc::EOPNOTSUPP, Object::NfTables) => Some(
-                "kernel lacks nf_tables (CONFIG_NF_TABLES): use --classifier u32, which needs no netfilter".into(),
-            ),
-            (libc::ENOENT, Object::NfTables) if text.is_empty() => Some(
-                "kernel lacks an nf_tables feature (CONFIG_NF_TABLES, route chains): use --classifier u32".into(),
-            ),
+                ),
+                Missing::Action(kind) => format!(
+                    "kernel lacks the {kind} action ({}): load the module or use a kernel that has it",
+                    config_name(kind)
+                ),
+                Missing::Link(kind) => format!(
+                    "kernel lacks {kind} devices ({}): load the module or use a kernel that has it",
+                    config_name(kind)
+                ),
+                Missing::NfTables => {
+                    "kernel lacks nf_tables (CONFIG_NF_TABLES, route chains): use --classifier u32, which needs no netfilter".into()
+                }
+            });
+        }
+        match (*errno, object) {
+            (libc::ENOENT, Object::Existing(kind)) => Some(format!(
+                "there is no {kind} qdisc of ours on this device: run `qdisc setup` first"
+            )),
             _ => None,
         }
     }
@@ -116,6 +163,9 @@ fn config_name(kind: &str) -> String {
         "pfifo" => "CONFIG_NET_SCH_FIFO".into(),
         "fw" => "cls_fw, CONFIG_NET_CLS_FW".into(),
         "u32" => "cls_u32, CONFIG_NET_CLS_U32".into(),
+        "ingress" => "sch_ingress, CONFIG_NET_SCH_INGRESS".into(),
+        "mirred" => "act_mirred, CONFIG_NET_ACT_MIRRED".into(),
+        "ifb" => "ifb, CONFIG_IFB".into(),
         other => other.to_string(),
     }
 }

@@ -213,3 +213,49 @@ fn nft_mark_rule_for_one_port() {
         )),
     );
 }
+
+// The ingress path (captured with lo as the device and the ifb at ifindex 2).
+
+#[test]
+fn ifb_link() {
+    // One byte differs, by design of the crate: `ip` sends IFLA_INFO_KIND
+    // "ifb" without its NUL (attribute length 7, then a padding 0), the
+    // crate with it (length 8, the same 0 byte). Both are the same NLA_STRING
+    // to the kernel; every other byte must match.
+    let mut theirs = hex("ifb_add");
+    let at = theirs.len() - 8;
+    assert_eq!(&theirs[at..], &[7, 0, 1, 0, b'i', b'f', b'b', 0]);
+    theirs[at] = 8;
+    let mut ours = crate::link::add_ifb("ifb-lo");
+    ours.set_seq(seq_at(&theirs, 0));
+    assert!(
+        ours.bytes() == theirs.as_slice(),
+        "ifb_add: ours\n{}\ntheirs\n{}",
+        dump(ours.bytes()),
+        dump(&theirs)
+    );
+    check("ifb_up", crate::link::set_up(2));
+    check("ifb_del", crate::link::delete(2));
+}
+
+#[test]
+fn ingress_qdisc() {
+    check("ingress_add", tc::ingress::add(LO));
+    check("ingress_del", tc::ingress::delete(LO));
+}
+
+#[test]
+fn u32_redirects_syns_to_the_ifb() {
+    let mut v4 = u32::syn_keys_v4(None);
+    v4.push(u32::dport_key_v4(7000));
+    check(
+        "u32_mirred_ip",
+        tc::ingress::redirect(LO, 1, ETH_P_IP, &v4, 2),
+    );
+    let mut v6 = u32::syn_keys_v6(None);
+    v6.push(u32::dport_key_v6(7000));
+    check(
+        "u32_mirred_ipv6",
+        tc::ingress::redirect(LO, 2, ETH_P_IPV6, &v6, 2),
+    );
+}

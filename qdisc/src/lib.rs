@@ -15,6 +15,8 @@
 pub mod bench;
 mod control;
 pub mod error;
+pub mod ingress;
+mod link;
 mod nft;
 mod probe;
 mod socket;
@@ -28,7 +30,8 @@ mod wire;
 mod golden;
 
 pub use control::Plug;
-pub use error::{Error, Object, Result};
+pub use error::{Error, Missing, Object, Result};
+pub use ingress::{ifb_of, IngressConfig, IngressStatus};
 pub use probe::{probe, Probe};
 pub use tree::{
     setup, status, teardown, Classifier, Config, PlugStats, Sources, Status, DEFAULT_LIMIT,

@@ -17,6 +17,14 @@ struct Cli {
     #[arg(long, global = true, default_value = "lo")]
     dev: String,
 
+    /// Hold SYNs arriving on --dev (remote clients) instead of those it
+    /// sends: an ifb device of ours (`ifb-DEV`) carries the plug tree, and
+    /// u32 filters on DEV's ingress redirect SYNs to the port there (u32,
+    /// since tc ingress runs before netfilter's marks exist). plug, release,
+    /// status and teardown then act on that path.
+    #[arg(long, global = true)]
+    ingress: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -28,9 +36,9 @@ enum Command {
     Setup {
         /// fw: an nf_tables rule marks SYNs and an fw filter sends mark 1 to
         /// the plug (as the seed). u32: a u32 filter matches SYNs itself, no
-        /// netfilter.
-        #[arg(long, default_value = "fw")]
-        classifier: Classifier,
+        /// netfilter. Default fw; with --ingress only u32 applies.
+        #[arg(long)]
+        classifier: Option<Classifier>,
         /// The plug's limit in bytes; SYNs beyond it are dropped (clients retry ~1 s later).
         #[arg(long, value_name = "BYTES", default_value_t = qdisc::DEFAULT_LIMIT)]
         limit: u32,
@@ -77,6 +85,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if cli.ingress {
+        return run_ingress(cli);
+    }
     let dev = cli.dev;
     match cli.command {
         Command::Setup {
@@ -85,6 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sources,
             port,
         } => {
+            let classifier = classifier.unwrap_or(Classifier::Fw);
             let sources = parse_sources(&sources)?;
             qdisc::setup(&Config {
                 dev: dev.clone(),
@@ -157,6 +169,97 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(3)
             });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The same commands on the ingress path of `--dev`.
+fn run_ingress(cli: Cli) -> anyhow::Result<ExitCode> {
+    let dev = cli.dev;
+    let ifb = qdisc::ifb_of(&dev);
+    match cli.command {
+        Command::Setup {
+            classifier,
+            limit,
+            sources,
+            port,
+        } => {
+            anyhow::ensure!(
+                classifier.unwrap_or(Classifier::U32) == Classifier::U32,
+                "--ingress classifies with u32 (tc ingress runs before netfilter's marks exist): drop --classifier fw"
+            );
+            anyhow::ensure!(
+                sources.is_empty(),
+                "--ingress holds SYNs from every source to the port; --source does not apply"
+            );
+            qdisc::ingress::setup(&qdisc::IngressConfig {
+                dev: dev.clone(),
+                port,
+                limit,
+            })?;
+            println!(
+                "qdisc: ingress path ready on {dev} -> {ifb} ({}, plug released)",
+                port.map_or("every port".into(), |p| format!("port {p}"))
+            );
+        }
+        Command::Teardown => {
+            qdisc::ingress::teardown(&dev)?;
+            println!("qdisc: removed the ingress qdisc from {dev}, and {ifb} with its tree");
+        }
+        Command::Plug => {
+            Plug::open(&ifb)?.buffer()?;
+            println!("qdisc: plug on {ifb} is buffering new connections arriving on {dev}");
+        }
+        Command::Release => {
+            Plug::open(&ifb)?.release()?;
+            println!("qdisc: plug on {ifb} released");
+        }
+        Command::ReleaseOne => {
+            Plug::open(&ifb)?.release_one()?;
+            println!("qdisc: plug on {ifb} released what it held before the last plug");
+        }
+        Command::Status { json } => {
+            let s = qdisc::ingress::status(&dev)?;
+            if json {
+                let v = serde_json::json!({
+                    "dev": s.dev,
+                    "ifb": s.ifb,
+                    "ifb_present": s.ifb_present,
+                    "ingress": s.ingress,
+                    "redirects": s.redirects,
+                    "complete": s.complete(),
+                    "tree": s.tree.as_ref().map(|t| serde_json::from_str::<serde_json::Value>(&status_json(t)).expect("our own JSON")),
+                });
+                println!("{v}");
+            } else {
+                println!(
+                    "device     {dev}\ningress    {}\nredirects  {}\nifb        {} {}",
+                    s.ingress.as_deref().unwrap_or("absent"),
+                    if s.redirects.is_empty() {
+                        "none".to_string()
+                    } else {
+                        s.redirects.join(", ")
+                    },
+                    s.ifb,
+                    if s.ifb_present { "present" } else { "absent" }
+                );
+                if let Some(t) = &s.tree {
+                    print!("{}", status_text(t));
+                }
+            }
+            return Ok(if s.complete() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            });
+        }
+        Command::Probe { .. } => {
+            return run(Cli {
+                ingress: false,
+                dev,
+                command: cli.command,
+            })
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -74,11 +74,12 @@ pub fn probe() -> Result<Probe> {
 
         // Classifiers hang off the ingress qdisc here, which every kernel
         // with tc has; that tests the classifier alone.
-        let ingress_ok = rt
-            .request(ingress(lo), &|| {
-                ("add ingress qdisc".into(), Object::Qdisc("ingress"))
+        let ingress = rt
+            .request(tc::ingress::add(lo), &|| {
+                ("add ingress qdisc".into(), Object::Qdisc(tc::ingress::KIND))
             })
-            .is_ok();
+            .map_err(|e| e.to_string());
+        let ingress_ok = ingress.is_ok();
         let parent = handle(0xffff, 0);
         let mut try_filter = |kind: &'static str, m: Message| -> Support {
             if !ingress_ok {
@@ -109,6 +110,36 @@ pub fn probe() -> Result<Probe> {
             ),
         ));
 
+        // The ingress path for remote clients: the ingress qdisc, an ifb
+        // device, and a u32 filter with a mirred redirect to it.
+        features.push(("ingress", ingress));
+        let ifb = rt
+            .request(crate::link::add_ifb("ifb-probe"), &|| {
+                ("add ifb device".into(), Object::Link("ifb"))
+            })
+            .and_then(|()| crate::sys::ifindex("ifb-probe"));
+        let mirred = match (&ifb, ingress_ok) {
+            (Ok(i), true) => {
+                let r = rt.request(
+                    tc::ingress::redirect(lo, 1, ETH_P_IP, &u32::syn_keys_v4(None), *i as u32),
+                    &|| {
+                        (
+                            "add u32 filter with mirred".into(),
+                            Object::Filter(u32::KIND),
+                        )
+                    },
+                );
+                let _ = rt.request(tc::delete_filters(lo, parent, 1, ETH_P_IP), &|| {
+                    (String::new(), Object::Other)
+                });
+                r.map_err(|e| e.to_string())
+            }
+            (Err(_), _) => Err("untested: no ifb device to redirect to".into()),
+            (_, false) => Err("untested: no ingress qdisc to attach a filter to".into()),
+        };
+        features.push(("ifb", ifb.as_ref().map(|_| ()).map_err(|e| e.to_string())));
+        features.push(("mirred", mirred));
+
         let nf = Socket::netfilter().and_then(|mut nf| {
             nf.batch(
                 nft::batch(nft::install(Family::Ipv4, None, 1)),
@@ -121,16 +152,4 @@ pub fn probe() -> Result<Probe> {
     });
     t.join()
         .map_err(|_| Error::Protocol("the probe thread panicked".into()))?
-}
-
-/// `tc qdisc add dev D ingress`.
-fn ingress(ifindex: i32) -> Message {
-    tc::qdisc(
-        tc::ADD,
-        ifindex,
-        handle(0xffff, 0),
-        netlink_packet_route::tc::TcHandle::INGRESS,
-        "ingress",
-        None,
-    )
 }

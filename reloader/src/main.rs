@@ -85,6 +85,12 @@ struct RunArgs {
     /// Classifier used when the tree has to be set up (fw or u32).
     #[arg(long, default_value = "fw")]
     classifier: Classifier,
+    /// Also hold remote clients arriving on DEV (repeatable): SYNs to our
+    /// port are redirected on DEV's ingress to an ifb device of ours, where
+    /// a plug holds them together with the local one (one hold, one bound).
+    /// Classified with u32: tc ingress runs before netfilter's marks.
+    #[arg(long = "ingress", value_name = "DEV")]
+    ingress: Vec<String>,
     /// Refuse to start when the plug tree is missing instead of setting it up.
     #[arg(long)]
     no_setup: bool,
@@ -188,24 +194,60 @@ fn prepare_plug(args: &RunArgs) -> anyhow::Result<Plug> {
             classifier.kind()
         ));
     }
-    let mut plug = Plug::open(&args.dev)?;
-    // A reloader killed mid-reload leaves the plug buffering; nobody else
-    // would release it.
-    let was = qdisc::status(&args.dev).ok().and_then(|s| s.buffering);
+    open_released(&args.dev)
+}
+
+/// Opens the plug on `dev` and releases it: a reloader killed mid-reload
+/// leaves it buffering, and nobody else would.
+fn open_released(dev: &str) -> anyhow::Result<Plug> {
+    let mut plug = Plug::open(dev)?;
+    let was = qdisc::status(dev)?.buffering;
     plug.release()?;
     if was == Some(true) {
-        log("released a plug left buffering by an earlier reloader");
+        log(&format!(
+            "released a plug left buffering by an earlier reloader ({dev})"
+        ));
     }
     Ok(plug)
 }
 
+/// The ingress path of `dev` for remote clients (an ifb of ours holds
+/// their SYNs to our port), set up unless told not to.
+fn prepare_ingress(args: &RunArgs, dev: &str) -> anyhow::Result<Plug> {
+    let port = args.addr.port();
+    if args.no_setup {
+        let s = qdisc::ingress::status(dev)?;
+        anyhow::ensure!(
+            s.complete(),
+            "the ingress path is missing or incomplete on {dev}: run `qdisc --dev {dev} --ingress setup --port {port}`, or drop --no-setup"
+        );
+    } else {
+        qdisc::ingress::setup(&qdisc::IngressConfig {
+            dev: dev.to_owned(),
+            port: Some(port),
+            limit: qdisc::DEFAULT_LIMIT,
+        })
+        .with_context(|| format!("setting up the ingress path on {dev}"))?;
+        log(&format!(
+            "ingress path on {dev} holds remote SYNs to port {port} only (u32 redirect to {})",
+            qdisc::ifb_of(dev)
+        ));
+    }
+    open_released(&qdisc::ifb_of(dev))
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let _owner = match args.strategy {
-        Strategy::Plug => Some(owner::take(&args.dev, args.addr.port())?),
-        Strategy::None => None,
-    };
+    let mut _owners = Vec::new();
     let swap: Box<dyn Swap> = match args.strategy {
-        Strategy::Plug => Box::new(PlugSwap::new(prepare_plug(&args)?)),
+        Strategy::Plug => {
+            _owners.push(owner::take(&args.dev, args.addr.port())?);
+            let mut plugs = vec![prepare_plug(&args)?];
+            for dev in &args.ingress {
+                _owners.push(owner::take(&qdisc::ifb_of(dev), args.addr.port())?);
+                plugs.push(prepare_ingress(&args, dev)?);
+            }
+            Box::new(PlugSwap::new(plugs))
+        }
         Strategy::None => Box::new(NoSwap),
     };
     let check = match &args.health {

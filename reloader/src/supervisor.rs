@@ -229,12 +229,20 @@ impl Ctx {
     async fn wait_no_half_open(&mut self, end: Instant) -> Result<(), Error> {
         let end = end.min(Instant::now() + HALF_OPEN_WAIT);
         let mut quiet = 0;
+        let mut last = 0;
         while quiet < SETTLE_POLLS && Instant::now() < end {
-            match self.diag.half_open(self.opts.port)? {
+            last = self.diag.half_open(self.opts.port)?;
+            match last {
                 0 => quiet += 1,
                 _ => quiet = 0,
             }
             tokio::time::sleep(POLL).await;
+        }
+        if quiet < SETTLE_POLLS {
+            log(&format!(
+                "warning: {last} handshake(s) still half open on port {} after {HALF_OPEN_WAIT:?}; closing anyway",
+                self.opts.port
+            ));
         }
         Ok(())
     }

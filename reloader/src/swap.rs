@@ -22,15 +22,16 @@ pub trait Swap {
     }
 }
 
-/// The plug qdisc: SYNs wait in `40:` while held. Dropping it releases.
-/// The hold's timing is the plug's own (`qdisc::Plug`).
+/// The plug qdiscs: SYNs wait in `40:` of each tree (the local one, and
+/// one per ingress device) while held; all are toggled as one. Dropping it
+/// releases. The hold's timing is the plugs' own (`qdisc::Plug`).
 pub struct PlugSwap {
-    plug: Plug,
+    plugs: Vec<Plug>,
 }
 
 impl PlugSwap {
-    pub fn new(plug: Plug) -> PlugSwap {
-        PlugSwap { plug }
+    pub fn new(plugs: Vec<Plug>) -> PlugSwap {
+        PlugSwap { plugs }
     }
 }
 
@@ -43,19 +44,42 @@ impl Swap for PlugSwap {
         true
     }
 
+    /// All or none: a plug that cannot buffer releases those that did.
     fn hold(&mut self) -> Result<(), qdisc::Error> {
-        self.plug.buffer()
+        for i in 0..self.plugs.len() {
+            if let Err(e) = self.plugs[i].buffer() {
+                for p in &mut self.plugs[..i] {
+                    let _ = p.release();
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
+    /// Releases every plug (even if one fails); the longest hold.
     fn release(&mut self) -> Result<Option<Duration>, qdisc::Error> {
-        self.plug.release()
+        let mut held = None;
+        let mut failed = None;
+        for p in &mut self.plugs {
+            match p.release() {
+                Ok(h) => held = held.max(h),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(held),
+        }
     }
 }
 
 impl Drop for PlugSwap {
     fn drop(&mut self) {
-        if self.plug.is_buffering() {
-            let _ = self.plug.release();
+        for p in &mut self.plugs {
+            if p.is_buffering() {
+                let _ = p.release();
+            }
         }
     }
 }

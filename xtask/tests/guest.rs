@@ -104,6 +104,43 @@ fn guest_reloader_faults_lose_nothing() {
     scenario_with("reloader-faults", &[], Duration::from_secs(600));
 }
 
+// Remote clients (another network namespace, across a veth pair), held on
+// the server's ingress through an ifb device, with local clients in the
+// same run.
+
+#[test]
+fn guest_remote_ingress_path_holds_only_the_port() {
+    scenario_with("reloader-remote", &["path"], Duration::from_secs(300));
+}
+
+#[test]
+fn guest_remote_plug_c1_zero_failures() {
+    scenario_with(
+        "reloader-remote",
+        &["load", "plug", "1", "10000", "zero"],
+        Duration::from_secs(1200),
+    );
+}
+
+#[test]
+fn guest_remote_plug_c32_zero_failures() {
+    scenario_with(
+        "reloader-remote",
+        &["load", "plug", "32", "10000", "zero"],
+        Duration::from_secs(1200),
+    );
+}
+
+/// The comparison has teeth: remote clients fail without protection.
+#[test]
+fn guest_remote_none_c32_has_failures() {
+    scenario_with(
+        "reloader-remote",
+        &["load", "none", "32", "10000", "failures"],
+        Duration::from_secs(1200),
+    );
+}
+
 #[test]
 fn guest_reloader_refuses_without_sock_diag() {
     scenario("reloader-nodiag");

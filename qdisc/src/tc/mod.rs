@@ -4,6 +4,7 @@
 //! of prio, pfifo, plug and fw's nested classid) travels as raw payloads.
 
 pub mod fw;
+pub mod ingress;
 pub mod pfifo;
 pub mod plug;
 pub mod prio;

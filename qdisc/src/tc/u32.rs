@@ -82,6 +82,15 @@ pub fn add(
     keys: &[Key],
     classid: Handle,
 ) -> Message {
+    let options = TcAttribute::Options(vec![
+        TcOption::U32(TcFilterU32Option::ClassId(classid)),
+        TcOption::U32(TcFilterU32Option::Selector(selector(keys))),
+    ]);
+    filter(ifindex, handle(0, 0), parent, prio, protocol, KIND, options)
+}
+
+/// `struct tc_u32_sel` with `keys`, terminal (a match ends classification).
+pub fn selector(keys: &[Key]) -> TcU32Selector {
     // Both structs are non-exhaustive: filled from their defaults.
     let mut selector = TcU32Selector::default();
     selector.flags = TcU32SelectorFlags::Terminal;
@@ -96,9 +105,5 @@ pub fn add(
             key
         })
         .collect();
-    let options = TcAttribute::Options(vec![
-        TcOption::U32(TcFilterU32Option::ClassId(classid)),
-        TcOption::U32(TcFilterU32Option::Selector(selector)),
-    ]);
-    filter(ifindex, handle(0, 0), parent, prio, protocol, KIND, options)
+    selector
 }

@@ -1,0 +1,48 @@
+//! The ifb device the ingress path redirects SYNs to, over rtnetlink with
+//! netlink-packet-route's `LinkMessage`. Equivalent to `ip link add NAME
+//! type ifb`, `ip link set dev NAME up` and `ip link del dev NAME`.
+
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+
+use crate::wire::Message;
+
+/// The kernel's limit on an interface name (IFNAMSIZ - 1).
+const IFNAMSIZ: usize = 15;
+
+/// The name of our ifb for `dev`: `ifb-<dev>`, cut to the kernel's limit.
+pub fn ifb_name(dev: &str) -> String {
+    let mut n = format!("ifb-{dev}");
+    n.truncate(IFNAMSIZ);
+    n
+}
+
+/// `ip link add NAME type ifb`.
+pub fn add_ifb(name: &str) -> Message {
+    let mut m = LinkMessage::default();
+    m.attributes = vec![
+        LinkAttribute::IfName(name.to_owned()),
+        LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Ifb)]),
+    ];
+    Message::route(
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE,
+        RouteNetlinkMessage::NewLink(m),
+    )
+}
+
+/// `ip link set dev INDEX up`.
+pub fn set_up(ifindex: u32) -> Message {
+    let mut m = LinkMessage::default();
+    m.header.index = ifindex;
+    m.header.flags = LinkFlags::Up;
+    m.header.change_mask = LinkFlags::Up;
+    Message::route(NLM_F_REQUEST | NLM_F_ACK, RouteNetlinkMessage::NewLink(m))
+}
+
+/// `ip link del dev INDEX`.
+pub fn delete(ifindex: u32) -> Message {
+    let mut m = LinkMessage::default();
+    m.header.index = ifindex;
+    Message::route(NLM_F_REQUEST | NLM_F_ACK, RouteNetlinkMessage::DelLink(m))
+}

@@ -20,7 +20,7 @@ use crate::nft::Family;
 use crate::socket::Socket;
 use crate::sys;
 use crate::tc::{self, ingress, u32, TcObject, ETH_P_IP, ETH_P_IPV6};
-use crate::tree::{self, Classifier, Config, Sources};
+use crate::tree::{self, Classifier, Config, MarkRule, Sources};
 
 /// Filter priorities of the redirects, one per family.
 const PRIO_V4: u16 = 1;
@@ -143,13 +143,17 @@ fn build(
     // The plug tree on the ifb: every source (the ifb sees only what the
     // redirects send it), u32 (no netfilter mark on this path).
     added.tree = present.ifb.is_none();
-    tree::setup(&Config {
-        dev: ifb.clone(),
-        limit: cfg.limit,
-        classifier: Classifier::U32,
-        sources: Sources::Any,
-        port: cfg.port,
-    })?;
+    // The nf_tables mark rule is the lo tree's, never this one's.
+    tree::setup_on(
+        &Config {
+            dev: ifb.clone(),
+            limit: cfg.limit,
+            classifier: Classifier::U32,
+            sources: Sources::Any,
+            port: cfg.port,
+        },
+        MarkRule::NotOurs,
+    )?;
 
     if present.ingress.is_none() {
         rt.request(ingress::add(ifindex), &|| {
@@ -217,7 +221,7 @@ fn undo(dev: &str, ifindex: i32, rt: &mut Socket, added: &Added) {
         }
     }
     if added.tree {
-        let _ = tree::teardown(&link::ifb_name(dev));
+        let _ = tree::teardown_on(&link::ifb_name(dev), MarkRule::NotOurs);
     }
     if let Some(i) = added.ifb {
         let _ = rt.request(link::delete(i as u32), nothing);
@@ -243,7 +247,7 @@ pub fn teardown(dev: &str) -> Result<()> {
         })?;
     }
     let ifb = link::ifb_name(dev);
-    tree::teardown(&ifb)?;
+    tree::teardown_on(&ifb, MarkRule::NotOurs)?;
     rt.request(link::delete(ifb_index as u32), &|| {
         (format!("delete {ifb}"), Object::Link("ifb"))
     })

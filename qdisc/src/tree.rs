@@ -229,6 +229,21 @@ struct Added {
 /// what is missing is added. All or nothing: on failure, whatever this call
 /// added is removed again. The plug is left released.
 pub fn setup(cfg: &Config) -> Result<()> {
+    setup_on(cfg, MarkRule::Ours)
+}
+
+/// Whether this tree owns the nf_tables mark rule. The rule is one per
+/// network namespace (not per device): the tree on `lo` owns it; the tree
+/// on an ingress path's ifb (u32, no netfilter) must leave it alone, or it
+/// would delete the rule the `lo` tree's fw filter depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MarkRule {
+    Ours,
+    NotOurs,
+}
+
+/// `setup`, saying whether this tree owns the mark rule.
+pub(crate) fn setup_on(cfg: &Config, mark_rule: MarkRule) -> Result<()> {
     let ifindex = sys::ifindex(&cfg.dev)?;
     let mut rt = Socket::route()?;
     let present = Present::read(&mut rt, ifindex, &cfg.dev)?;
@@ -245,7 +260,7 @@ pub fn setup(cfg: &Config) -> Result<()> {
         }
     }
     let mut added = Added::default();
-    let result = build(cfg, ifindex, &mut rt, &present, &mut added);
+    let result = build(cfg, ifindex, &mut rt, &present, &mut added, mark_rule);
     if result.is_err() {
         undo(ifindex, &mut rt, &added);
     }
@@ -258,6 +273,7 @@ fn build(
     rt: &mut Socket,
     present: &Present,
     added: &mut Added,
+    mark_rule: MarkRule,
 ) -> Result<()> {
     let dev = cfg.dev.as_str();
     if !present.is_ours() {
@@ -370,6 +386,9 @@ fn build(
     }
 
     // The mark rule: installed (or replaced) whole with fw, absent with u32.
+    if mark_rule == MarkRule::NotOurs {
+        return Ok(());
+    }
     let mut nf = None;
     for (family, sources) in cfg.sources.families() {
         let nf = match &mut nf {
@@ -463,6 +482,11 @@ fn delete_table(nf: &mut Socket, family: Family) -> Result<()> {
 /// nf_tables tables. Missing pieces are fine; a root that is not ours and
 /// other tables are never touched.
 pub fn teardown(dev: &str) -> Result<()> {
+    teardown_on(dev, MarkRule::Ours)
+}
+
+/// `teardown`, saying whether this tree owns the mark rule.
+pub(crate) fn teardown_on(dev: &str, mark_rule: MarkRule) -> Result<()> {
     let ifindex = sys::ifindex(dev)?;
     let mut rt = Socket::route()?;
     let present = Present::read(&mut rt, ifindex, dev)?;
@@ -486,6 +510,9 @@ pub fn teardown(dev: &str) -> Result<()> {
         })?;
     }
     crate::state::Record::for_dev(dev).set(false);
+    if mark_rule == MarkRule::NotOurs {
+        return Ok(());
+    }
     match Socket::netfilter() {
         Ok(mut nf) => {
             for f in [Family::Ipv4, Family::Ipv6] {

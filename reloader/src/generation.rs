@@ -14,6 +14,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::process::{Child, Command};
 
+use crate::handoff::Handoff;
 use crate::notify::GATE_ENV;
 
 enum Proc {
@@ -50,13 +51,30 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Starts `argv` directly (no shell), with `NOTIFY_SOCKET` set and the
-    /// join gate offered.
-    pub fn spawn(number: u64, argv: &[String], notify: &Path) -> std::io::Result<Generation> {
-        let child = Command::new(&argv[0])
-            .args(&argv[1..])
+    /// Starts `argv` directly (no shell), with `NOTIFY_SOCKET` set, and
+    /// either the join gate offered or (`handoff`) our listening sockets
+    /// handed over through the `exec-listen` trampoline.
+    pub fn spawn(
+        number: u64,
+        argv: &[String],
+        notify: &Path,
+        handoff: Option<&Handoff>,
+    ) -> std::io::Result<Generation> {
+        let mut cmd = match handoff {
+            None => {
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]).env(GATE_ENV, "1");
+                c
+            }
+            Some(h) => {
+                let mut c = Command::new(std::env::current_exe()?);
+                c.arg("exec-listen").arg("--").args(argv);
+                h.apply(&mut c);
+                c
+            }
+        };
+        let child = cmd
             .env("NOTIFY_SOCKET", notify)
-            .env(GATE_ENV, "1")
             .stdin(Stdio::null())
             .kill_on_drop(false)
             .spawn()?;

@@ -4,6 +4,7 @@
 mod control;
 mod error;
 mod generation;
+mod handoff;
 mod health;
 mod listeners;
 mod notify;
@@ -47,14 +48,23 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
     },
+    /// (internal) Set LISTEN_PID to our own PID and exec COMMAND: how
+    /// `--strategy handoff` gives a server sockets libsystemd accepts.
+    #[command(hide = true)]
+    ExecListen {
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// The server's address: the port whose listeners are watched, and where
-    /// the default check sends `GET /` expecting the new server's PID.
+    /// The server's address (repeatable): the first one's port is the one
+    /// whose listeners are watched, and where the default check sends `GET
+    /// /` expecting the new server's PID. With `--strategy handoff` the
+    /// reloader listens on every one of them and hands the sockets over.
     #[arg(long, default_value = "127.0.0.1:7000")]
-    addr: SocketAddr,
+    addr: Vec<SocketAddr>,
     /// Check this URL instead (http://IP:PORT/PATH must answer 2xx, from the
     /// new server when the response has `x-server-pid`).
     #[arg(long, value_name = "URL")]
@@ -105,11 +115,46 @@ struct RunArgs {
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Strategy {
     Plug,
+    Migrate,
+    Handoff,
     None,
 }
 
 /// How often draining generations are looked at between reloads.
 const REAP_EVERY: Duration = Duration::from_millis(50);
+
+/// One line at start: the strategy, and what in this kernel and this
+/// process makes it work (or not).
+fn why_strategy(args: &RunArgs, handoff: Option<&handoff::Handoff>) -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    let migrate = match supervisor::migrate_req() {
+        Ok(true) => "tcp_migrate_req=1",
+        Ok(false) => "tcp_migrate_req=0",
+        Err(_) => "tcp_migrate_req unreadable",
+    };
+    match args.strategy {
+        Strategy::Plug if migrate == "tcp_migrate_req=1" => format!(
+            "strategy plug (kernel {kernel}, CAP_NET_ADMIN): {migrate}, so a closing listener hands its connections over and no hold is needed"
+        ),
+        Strategy::Plug => format!(
+            "strategy plug (kernel {kernel}, CAP_NET_ADMIN, plug tree ready): {migrate}, so each listener close is held, at most {:?}",
+            args.hold_limit
+        ),
+        Strategy::Migrate => format!(
+            "strategy migrate (kernel {kernel}): {migrate} in this network namespace, restored at exit; nothing is held"
+        ),
+        Strategy::Handoff => format!(
+            "strategy handoff (kernel {kernel}): the reloader listens on {} and gives every generation these sockets (LISTEN_FDS, LISTEN_FDNAMES={}); nothing is held, no CAP_NET_ADMIN",
+            handoff.map(|h| h.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+            handoff.map(|h| h.names()).unwrap_or_default(),
+        ),
+        Strategy::None => format!(
+            "strategy none (kernel {kernel}): no protection; for comparison only"
+        ),
+    }
+}
 
 /// `100ms`, `2s`, `1m 30s` (humantime's syntax).
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -132,11 +177,35 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::ExecListen { command } => {
+            let err = handoff::exec_listen(&command);
+            eprintln!("reloader: cannot start {:?}: {err}", command[0]);
+            ExitCode::from(127)
+        }
         Cmd::Run(args) => {
             // Capability sets are per thread: restrict before the runtime exists.
             let restricted = match args.strategy {
-                Strategy::Plug => privs::restrict_to_net_admin(),
-                Strategy::None => {
+                Strategy::Plug => {
+                    privs::restrict_to(privs::Capability::CAP_NET_ADMIN, "plug and release")
+                }
+                Strategy::Migrate => match swap::MigrateSwap::already_on() {
+                    Ok(true) => {
+                        privs::drop_all();
+                        Ok(())
+                    }
+                    Ok(false) => privs::restrict_to(
+                        privs::Capability::CAP_NET_ADMIN,
+                        "set net.ipv4.tcp_migrate_req",
+                    ),
+                    Err(e) => Err(e.to_string()),
+                },
+                Strategy::Handoff if args.addr.iter().any(|a| a.port() < 1024) => {
+                    privs::restrict_to(
+                        privs::Capability::CAP_NET_BIND_SERVICE,
+                        "listen on a port below 1024",
+                    )
+                }
+                Strategy::Handoff | Strategy::None => {
                     privs::drop_all();
                     Ok(())
                 }
@@ -170,7 +239,7 @@ fn prepare_plug(args: &RunArgs) -> anyhow::Result<Plug> {
         if !status.complete() {
             anyhow::bail!(
                 "the plug tree is missing or incomplete on {}: run `qdisc setup --dev {} --port {}`, or drop --no-setup",
-                args.dev, args.dev, args.addr.port()
+                args.dev, args.dev, args.addr[0].port()
             );
         }
     } else {
@@ -183,14 +252,14 @@ fn prepare_plug(args: &RunArgs) -> anyhow::Result<Plug> {
         qdisc::setup(&Config {
             dev: args.dev.clone(),
             classifier,
-            port: Some(args.addr.port()),
+            port: Some(args.addr[0].port()),
             ..Config::default()
         })
         .context("setting up the plug tree")?;
         log(&format!(
             "plug tree on {} holds SYNs to port {} only (classifier {})",
             args.dev,
-            args.addr.port(),
+            args.addr[0].port(),
             classifier.kind()
         ));
     }
@@ -214,7 +283,7 @@ fn open_released(dev: &str) -> anyhow::Result<Plug> {
 /// The ingress path of `dev` for remote clients (an ifb of ours holds
 /// their SYNs to our port), set up unless told not to.
 fn prepare_ingress(args: &RunArgs, dev: &str) -> anyhow::Result<Plug> {
-    let port = args.addr.port();
+    let port = args.addr[0].port();
     if args.no_setup {
         let s = qdisc::ingress::status(dev)?;
         anyhow::ensure!(
@@ -240,19 +309,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut _owners = Vec::new();
     let swap: Box<dyn Swap> = match args.strategy {
         Strategy::Plug => {
-            _owners.push(owner::take(&args.dev, args.addr.port())?);
+            _owners.push(owner::take(&args.dev, args.addr[0].port())?);
             let mut plugs = vec![prepare_plug(&args)?];
             for dev in &args.ingress {
-                _owners.push(owner::take(&qdisc::ifb_of(dev), args.addr.port())?);
+                _owners.push(owner::take(&qdisc::ifb_of(dev), args.addr[0].port())?);
                 plugs.push(prepare_ingress(&args, dev)?);
             }
             Box::new(PlugSwap::new(plugs))
         }
+        Strategy::Migrate => Box::new(swap::MigrateSwap::enable()?),
+        Strategy::Handoff => Box::new(swap::HandoffSwap),
         Strategy::None => Box::new(NoSwap),
+    };
+    let handoff = match args.strategy {
+        Strategy::Handoff => Some(
+            handoff::Handoff::open(&args.addr, 4096).context("opening the handed-over sockets")?,
+        ),
+        _ => None,
     };
     let check = match &args.health {
         Some(url) => health::Check::from_url(url).map_err(anyhow::Error::msg)?,
-        None => health::Check::Pid(args.addr),
+        None => health::Check::Pid(args.addr[0]),
     };
     let control_path = args.control.clone().unwrap_or_else(control::default_path);
     let mut requests = control::serve(&control_path)
@@ -265,20 +342,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
 
+    log(&why_strategy(&args, handoff.as_ref()));
     let opts = Options {
         command: args.command.clone(),
-        port: args.addr.port(),
+        handoff,
+        port: args.addr[0].port(),
         check,
         ready_timeout: args.ready_timeout,
         drain_timeout: args.drain_timeout,
         hold_limit: args.hold_limit,
     };
-    if args.strategy == Strategy::Plug {
-        match supervisor::migrate_req()? {
-            true => log("net.ipv4.tcp_migrate_req=1: a closing listener hands its connections to the group; no hold is needed"),
-            false => log(&format!("net.ipv4.tcp_migrate_req is off: each listener close is held (at most {:?})", args.hold_limit)),
-        }
-    }
     let mut sup = Supervisor::start(opts, swap, notify).await?;
     log(&format!(
         "serving; strategy {:?}; reload with SIGHUP or `reloader reload --control {}`",

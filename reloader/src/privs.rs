@@ -2,20 +2,22 @@
 //! (capability sets are per thread): keep CAP_NET_ADMIN and nothing else,
 //! and make sure the servers we start get no capabilities at all.
 
-use caps::{CapSet, Capability, CapsHashSet};
+pub use caps::Capability;
+use caps::{CapSet, CapsHashSet};
 
-/// Keeps only CAP_NET_ADMIN (effective and permitted); clears inheritable
+/// Keeps only `cap` (effective and permitted); clears inheritable
 /// and ambient; as root, clears the bounding set so exec cannot hand
 /// capabilities back to our children. Errors say which `setcap` to run.
-pub fn restrict_to_net_admin() -> Result<(), String> {
-    let has = caps::has_cap(None, CapSet::Permitted, Capability::CAP_NET_ADMIN)
+pub fn restrict_to(cap: Capability, what: &str) -> Result<(), String> {
+    let has = caps::has_cap(None, CapSet::Permitted, cap)
         .map_err(|e| format!("cannot read capabilities: {e}"))?;
     if !has {
         let exe = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "reloader".into());
+        let name = cap.to_string().to_lowercase();
         return Err(format!(
-            "needs CAP_NET_ADMIN to plug and release: run `sudo setcap cap_net_admin+ep {exe}` \
+            "needs {cap} to {what}: run `sudo setcap {name}+ep {exe}` \
              (once after every build), or run as root"
         ));
     }
@@ -28,7 +30,7 @@ pub fn restrict_to_net_admin() -> Result<(), String> {
                 .map_err(|e| format!("cannot drop {cap} from the bounding set: {e}"))?;
         }
     }
-    let only: CapsHashSet = [Capability::CAP_NET_ADMIN].into_iter().collect();
+    let only: CapsHashSet = [cap].into_iter().collect();
     caps::set(None, CapSet::Effective, &only)
         .map_err(|e| format!("cannot set effective capabilities: {e}"))?;
     caps::set(None, CapSet::Permitted, &only)

@@ -35,15 +35,17 @@ use crate::swap::Swap;
 const POLL: Duration = Duration::from_millis(1);
 /// How often a starting server's sockets are looked at (reads `/proc`).
 const START_POLL: Duration = Duration::from_millis(2);
-/// The longest we wait for half-open handshakes to complete before closing
-/// a listener (a client that never sends its ACK must not stall a reload).
-const HALF_OPEN_WAIT: Duration = Duration::from_millis(500);
-/// Consecutive polls (POLL apart) that must see no half-open handshake: a
-/// SYN that passed just before the hold may still be on its way.
-const SETTLE_POLLS: u32 = 5;
+/// How long no handshake to the port may be half open, as sock_diag
+/// reports it, before the old listener is closed: a SYN that left the plug
+/// just before the hold may still be on its way to the listener (on `lo`,
+/// in the kernel's receive backlog until the softirq runs). The hold's own
+/// bound (`--hold-limit`) caps the whole wait.
+const SETTLE: Duration = Duration::from_millis(5);
 
 pub struct Options {
     pub command: Vec<String>,
+    /// The sockets every generation gets (`--strategy handoff`).
+    pub handoff: Option<crate::handoff::Handoff>,
     pub port: u16,
     pub check: Check,
     pub ready_timeout: Duration,
@@ -227,24 +229,31 @@ impl Ctx {
 
     /// Waits (until `end`) for no handshake to our port to be half done.
     async fn wait_no_half_open(&mut self, end: Instant) -> Result<(), Error> {
-        let end = end.min(Instant::now() + HALF_OPEN_WAIT);
-        let mut quiet = 0;
-        let mut last = 0;
-        while quiet < SETTLE_POLLS && Instant::now() < end {
-            last = self.diag.half_open(self.opts.port)?;
-            match last {
-                0 => quiet += 1,
-                _ => quiet = 0,
+        let start = Instant::now();
+        let mut quiet_since = None;
+        loop {
+            let now = Instant::now();
+            let open = self.diag.half_open(self.opts.port)?;
+            let since = match open {
+                0 => *quiet_since.get_or_insert(now),
+                _ => {
+                    quiet_since = None;
+                    now
+                }
+            };
+            if open == 0 && now.duration_since(since) >= SETTLE {
+                return Ok(());
+            }
+            if now >= end {
+                log(&format!(
+                    "warning: {open} handshake(s) to port {} not settled after {}; closing anyway (hold limit)",
+                    self.opts.port,
+                    ms(start.elapsed())
+                ));
+                return Ok(());
             }
             tokio::time::sleep(POLL).await;
         }
-        if quiet < SETTLE_POLLS {
-            log(&format!(
-                "warning: {last} handshake(s) still half open on port {} after {HALF_OPEN_WAIT:?}; closing anyway",
-                self.opts.port
-            ));
-        }
-        Ok(())
     }
 
     /// Before a SIGKILL: waits (until `end`) until `gen` has no connection
@@ -285,6 +294,16 @@ impl Ctx {
     /// Step 4: takes `gen` out of the group with `signal`, holding new
     /// connections for that instant only (and never past the hold limit).
     async fn close(&mut self, gen: &mut Generation, signal: i32) -> Result<Closed, Error> {
+        if self.swap.shares_listeners() {
+            // The sockets stay open in the other generations: the group does
+            // not change, nothing to hold or wait for.
+            gen.signal(signal);
+            gen.stopping_since.get_or_insert_with(Instant::now);
+            return Ok(Closed {
+                held: None,
+                left: true,
+            });
+        }
         if gen.exited().is_none() {
             // Every listener it has now, including any bound after it joined.
             let now = self.its_listeners(gen)?;
@@ -335,8 +354,8 @@ impl Supervisor {
         // Generations a killed reloader left serving: adopted now, retired
         // with the same protocol once ours serves, so exactly one remains.
         let orphans = Self::adopt_orphans(&found)?;
-        let first =
-            Generation::spawn(1, &opts.command, &notify.path).map_err(|source| Error::Spawn {
+        let first = Generation::spawn(1, &opts.command, &notify.path, opts.handoff.as_ref())
+            .map_err(|source| Error::Spawn {
                 command: opts.command[0].clone(),
                 source,
             })?;
@@ -391,7 +410,12 @@ impl Supervisor {
             return Ok(Vec::new());
         }
         let owners = crate::generation::owners_of(found).map_err(Error::Owners)?;
-        let mut owned = BTreeSet::new();
+        // Our own sockets (the handoff strategy's) are not orphans.
+        let mut owned =
+            crate::generation::owned_sockets(std::process::id()).map_err(|source| Error::Proc {
+                pid: std::process::id(),
+                source,
+            })?;
         let mut out = Vec::new();
         for (pid, listeners) in owners {
             owned.extend(listeners.iter().copied());
@@ -436,13 +460,18 @@ impl Supervisor {
         while self.ctx.notify.notes.try_recv().is_ok() {}
 
         let failed = |source: Error| ReloadError::Failed { number, source };
-        let spawned = Generation::spawn(number, &self.ctx.opts.command, &self.ctx.notify.path)
-            .map_err(|source| {
-                failed(Error::Spawn {
-                    command: self.ctx.opts.command[0].clone(),
-                    source,
-                })
-            })?;
+        let spawned = Generation::spawn(
+            number,
+            &self.ctx.opts.command,
+            &self.ctx.notify.path,
+            self.ctx.opts.handoff.as_ref(),
+        )
+        .map_err(|source| {
+            failed(Error::Spawn {
+                command: self.ctx.opts.command[0].clone(),
+                source,
+            })
+        })?;
         let new = self.pending.insert(spawned);
         let up = Self::bring_up(&mut self.ctx, new).await;
         let t_up = t0.elapsed();

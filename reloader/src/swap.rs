@@ -12,6 +12,11 @@ pub trait Swap {
     /// Whether `hold` really holds (the supervisor waits out half-open
     /// handshakes only then).
     fn protects(&self) -> bool;
+    /// Whether every generation shares the same listening sockets (the
+    /// group never changes; a close needs no wait for listeners to leave).
+    fn shares_listeners(&self) -> bool {
+        false
+    }
     /// New connections must wait from now on.
     fn hold(&mut self) -> Result<(), qdisc::Error>;
     /// New connections may proceed; returns how long they were held.
@@ -95,6 +100,104 @@ impl Swap for NoSwap {
 
     fn protects(&self) -> bool {
         false
+    }
+
+    fn hold(&mut self) -> Result<(), qdisc::Error> {
+        Ok(())
+    }
+
+    fn release(&mut self) -> Result<Option<Duration>, qdisc::Error> {
+        Ok(None)
+    }
+}
+
+/// `tcp_migrate_req=1` in our network namespace: a closing listener hands
+/// its queued and half-open connections to another listener of its group
+/// (Linux >= 5.14), so a close needs no hold. Set at start when needed (it
+/// takes CAP_NET_ADMIN), the previous value restored at exit.
+pub struct MigrateSwap {
+    restore: Option<String>,
+}
+
+const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("this kernel ({release}) has no net.ipv4.tcp_migrate_req (Linux 5.14 or later): use --strategy plug or handoff")]
+    Unsupported { release: String },
+    #[error("cannot set net.ipv4.tcp_migrate_req=1: {0} (needs CAP_NET_ADMIN in this network namespace)")]
+    Set(#[source] std::io::Error),
+    #[error("reading net.ipv4.tcp_migrate_req: {0}")]
+    Read(#[source] std::io::Error),
+}
+
+impl MigrateSwap {
+    /// Whether the sysctl is already on (no privilege needed then).
+    pub fn already_on() -> Result<bool, MigrateError> {
+        match std::fs::read_to_string(MIGRATE_REQ) {
+            Ok(v) => Ok(v.trim() == "1"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(MigrateError::Unsupported {
+                release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                    .map(|r| r.trim().to_owned())
+                    .unwrap_or_else(|_| "unknown".into()),
+            }),
+            Err(e) => Err(MigrateError::Read(e)),
+        }
+    }
+
+    pub fn enable() -> Result<MigrateSwap, MigrateError> {
+        if Self::already_on()? {
+            return Ok(MigrateSwap { restore: None });
+        }
+        let old = std::fs::read_to_string(MIGRATE_REQ).map_err(MigrateError::Read)?;
+        std::fs::write(MIGRATE_REQ, "1").map_err(MigrateError::Set)?;
+        Ok(MigrateSwap {
+            restore: Some(old.trim().to_owned()),
+        })
+    }
+}
+
+impl Swap for MigrateSwap {
+    fn name(&self) -> &'static str {
+        "migrate"
+    }
+
+    fn protects(&self) -> bool {
+        false
+    }
+
+    fn hold(&mut self) -> Result<(), qdisc::Error> {
+        Ok(())
+    }
+
+    fn release(&mut self) -> Result<Option<Duration>, qdisc::Error> {
+        Ok(None)
+    }
+}
+
+impl Drop for MigrateSwap {
+    fn drop(&mut self) {
+        if let Some(old) = &self.restore {
+            let _ = std::fs::write(MIGRATE_REQ, old);
+        }
+    }
+}
+
+/// `--strategy handoff`: the sockets are the reloader's and every
+/// generation gets the same ones; nothing is ever held.
+pub struct HandoffSwap;
+
+impl Swap for HandoffSwap {
+    fn name(&self) -> &'static str {
+        "handoff"
+    }
+
+    fn protects(&self) -> bool {
+        false
+    }
+
+    fn shares_listeners(&self) -> bool {
+        true
     }
 
     fn hold(&mut self) -> Result<(), qdisc::Error> {

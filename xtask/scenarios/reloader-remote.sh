@@ -37,9 +37,14 @@ served() { # $1: output of loadgen run
 
 case $1 in
 path)
+    # The local tree on lo (fw: its nf_tables mark rule is per namespace);
+    # the ingress path must leave that rule alone.
+    $S qdisc setup --port 7000 > /dev/null || fail "lo setup"
     $S $TC qdisc show dev veth-s > /tmp/q-before
     $S $IP -o link show | sed 's/^[0-9]*: //; s/ link\/.*//' > /tmp/l-before
     $S qdisc --dev veth-s --ingress setup --port 7000 || fail "ingress setup"
+    $S /usr/sbin/nft list table ip reuse_plug > /dev/null || fail "the ingress setup removed lo's mark rule (ip)"
+    $S /usr/sbin/nft list table ip6 reuse_plug > /dev/null || fail "the ingress setup removed lo's mark rule (ip6)"
     $S qdisc --dev veth-s --ingress setup --port 7000 > /dev/null || fail "second setup (idempotent)"
     echo "--- tc -s qdisc show (srv)"; $S $TC -s qdisc show
     echo "--- tc filter show dev veth-s ingress"; $S $TC filter show dev veth-s ingress | tee /tmp/f-ingress
@@ -73,6 +78,7 @@ path)
     echo "held, then served: $(cat /tmp/held4.out) (IPv4), $(cat /tmp/held6.out) (IPv6)"
     $S qdisc --dev veth-s --ingress status --json | grep -q '"held_packets":0' || fail "packets still held after release"
     $S qdisc --dev veth-s --ingress teardown || fail "teardown"
+    $S /usr/sbin/nft list table ip reuse_plug > /dev/null || fail "the ingress teardown removed lo's mark rule"
     $S $TC qdisc show dev veth-s > /tmp/q-after
     $S $IP -o link show | sed 's/^[0-9]*: //; s/ link\/.*//' > /tmp/l-after
     diff /tmp/q-before /tmp/q-after || fail "teardown left veth-s's qdiscs changed"
@@ -117,7 +123,7 @@ load)
     echo "remote IPv6: $(cat /tmp/v6.out | head -1)"
     echo "local:       $(cat /tmp/lo.out | head -1)"
     grep -h 'example failure' /tmp/v4.out /tmp/v6.out /tmp/lo.out | head -5
-    grep -c 'still half open' /tmp/remote.log
+    grep -c 'not settled' /tmp/remote.log
     f4=$(served /tmp/v4.out) f6=$(served /tmp/v6.out) fl=$(served /tmp/lo.out)
     echo "strategy=$STRATEGY c=$CONC: $ok reloads ok, $bad rolled back; failed: remote v4 $f4, remote v6 $f6, local $fl; reloader exit $rc"
     [ "$rc" = 0 ] || fail "reloader exited $rc"

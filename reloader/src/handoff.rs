@@ -1,0 +1,104 @@
+//! `--strategy handoff`: the reloader opens the listening sockets once and
+//! gives every generation the same ones, systemd's way (`LISTEN_FDS`,
+//! `LISTEN_PID`, `LISTEN_FDNAMES`; fds 3 onward). The kernel's set of
+//! listeners never changes, so nothing is ever reset and nothing needs
+//! holding: an old generation just stops accepting and drains, and the
+//! sockets' queues stay open in the new one. It needs no CAP_NET_ADMIN
+//! (only CAP_NET_BIND_SERVICE for a port below 1024).
+//!
+//! libsystemd's `sd_listen_fds()` ignores the sockets unless `LISTEN_PID`
+//! is the receiving process's own PID, which the parent cannot know before
+//! fork. So the child is this binary first (`reloader exec-listen -- CMD`):
+//! it sets `LISTEN_PID` to its own PID and execs CMD, which keeps that PID.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt as _;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// The first fd of the handed-over sockets (0-2 are stdio).
+const LISTEN_FDS_START: RawFd = 3;
+/// Our own copies live at or above this fd, clear of 3.. in the child.
+const HIGH_FD: RawFd = 100;
+
+pub struct Handoff {
+    pub addrs: Vec<SocketAddr>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Handoff {
+    /// Binds and listens on every address (SO_REUSEADDR; SO_REUSEPORT too,
+    /// so a reloader that replaces a killed one can bind beside the
+    /// sockets its orphans still hold; IPv6 v6-only).
+    pub fn open(addrs: &[SocketAddr], backlog: i32) -> io::Result<Handoff> {
+        let mut fds = Vec::new();
+        for &addr in addrs {
+            let err = |e: io::Error| io::Error::new(e.kind(), format!("{addr}: {e}"));
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+                .map_err(err)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true).map_err(err)?;
+            }
+            s.set_reuse_address(true).map_err(err)?;
+            s.set_reuse_port(true).map_err(err)?;
+            s.bind(&addr.into()).map_err(err)?;
+            s.listen(backlog).map_err(err)?;
+            // SAFETY: F_DUPFD_CLOEXEC on our own open socket returns a new fd or -1.
+            let high = unsafe { libc::fcntl(s.as_raw_fd(), libc::F_DUPFD_CLOEXEC, HIGH_FD) };
+            if high < 0 {
+                return Err(err(io::Error::last_os_error()));
+            }
+            // SAFETY: `high` was just returned to us and is owned by nothing else.
+            fds.push(unsafe { OwnedFd::from_raw_fd(high) });
+        }
+        Ok(Handoff {
+            addrs: addrs.to_vec(),
+            fds,
+        })
+    }
+
+    /// `LISTEN_FDNAMES`: one name per socket, no colons (`tcp4-7000`).
+    pub fn names(&self) -> String {
+        self.addrs
+            .iter()
+            .map(|a| format!("tcp{}-{}", if a.is_ipv4() { 4 } else { 6 }, a.port()))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    /// Makes `cmd` (the trampoline) start with our sockets at fds 3.. and
+    /// the variables set (`LISTEN_PID` is the trampoline's to set).
+    pub fn apply(&self, cmd: &mut tokio::process::Command) {
+        let raw: Vec<RawFd> = self.fds.iter().map(|f| f.as_raw_fd()).collect();
+        cmd.env("LISTEN_FDS", raw.len().to_string())
+            .env("LISTEN_FDNAMES", self.names())
+            .env_remove("LISTEN_PID");
+        // SAFETY: the closure runs between fork and exec and calls only
+        // dup2, which is async-signal-safe; the source fds (>= HIGH_FD) are
+        // open, and dup2's copy has no FD_CLOEXEC, so it survives exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (i, fd) in raw.iter().enumerate() {
+                    if libc::dup2(*fd, LISTEN_FDS_START + i as RawFd) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// `reloader exec-listen -- CMD...`: sets `LISTEN_PID` to our own PID and
+/// becomes CMD (same PID). Returns only on failure.
+pub fn exec_listen(argv: &[String]) -> io::Error {
+    let Some((prog, args)) = argv.split_first() else {
+        return io::Error::new(io::ErrorKind::InvalidInput, "no command");
+    };
+    std::process::Command::new(prog)
+        .args(args)
+        .env("LISTEN_PID", std::process::id().to_string())
+        .exec()
+}

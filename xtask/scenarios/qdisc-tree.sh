@@ -15,6 +15,7 @@ $NFT list ruleset > /tmp/nft-before
 
 step "setup (fw)"
 qdisc setup || fail "setup"
+$TC qdisc show dev lo > /tmp/q1b   # to compare with a second setup (no counters)
 $TC -s qdisc show dev lo | tee /tmp/q1
 $TC filter show dev lo | tee /tmp/f1
 $NFT list ruleset | tee /tmp/n1
@@ -30,7 +31,7 @@ qdisc status || fail "status says incomplete"
 
 step "setup twice equals setup once"
 qdisc setup || fail "second setup"
-$TC qdisc show dev lo > /tmp/q2; $TC qdisc show dev lo > /tmp/q1b
+$TC qdisc show dev lo > /tmp/q2
 $TC filter show dev lo > /tmp/f2
 $NFT list ruleset > /tmp/n2
 cmp /tmp/q1b /tmp/q2 && diff /tmp/f1 /tmp/f2 && diff /tmp/n1 /tmp/n2 || fail "second setup changed something"

@@ -2,9 +2,13 @@
 # folder): for each concurrency, a baseline run against one reuse-server,
 # then a run under `reloader run --every 100ms` for each strategy; one `ab`
 # cross-check of the baseline. Driven by `cargo xtask bench` / `demo`.
-# usage: bench.sh REQUESTS "CONCURRENCIES" "STRATEGIES" AB_REQUESTS
+# Then the peers operators already trust, under the same load and reload
+# cadence: nginx (`nginx -s reload`'s SIGHUP, with and without `reuseport`)
+# and HAProxy (master-worker, seamless reload with `expose-fd listeners`),
+# each answering its worker's PID, each with its own baseline.
+# usage: bench.sh REQUESTS "CONCURRENCIES" "STRATEGIES" AB_REQUESTS ["PEERS"]
 set -u
-N=$1 CONCS=$2 STRATEGIES=$3 AB_N=$4
+N=$1 CONCS=$2 STRATEGIES=$3 AB_N=$4 PEERS=${5:-}
 OUT=${RESULTS:-/results}
 AB=${AB:-/usr/sbin/ab}
 fail() { echo "BENCH-FAIL: $*"; exit 1; }
@@ -31,14 +35,89 @@ for c in $CONCS; do
     kill $S; wait $S
 
     for s in $STRATEGIES; do
-        reloader run --strategy $s --every 100ms --drain-timeout 10s --control /tmp/r.sock -- reuse-server 2>$OUT/reloading-$s-c$c.log &
+        # NAME-k: the same strategy with kept-alive connections (loadgen -k).
+        base=${s%-k}; K=""
+        [ "$base" != "$s" ] && K="-k"
+        reloader run --strategy $base --every 100ms --drain-timeout 10s --control /tmp/r.sock -- reuse-server 2>$OUT/reloading-$s-c$c.log &
         R=$!
         wait_serving $OUT/reloading-$s-c$c.log "reloader: serving"
         echo "BENCH-RUN reloading strategy=$s c=$c"
-        loadgen run 127.0.0.1:7000 -c $c -n $N --tsv $OUT/reloading-$s-c$c.tsv --progress | tee $OUT/reloading-$s-c$c.txt
+        loadgen run 127.0.0.1:7000 -c $c -n $N $K --tsv $OUT/reloading-$s-c$c.tsv --progress | tee $OUT/reloading-$s-c$c.txt
         kill -TERM $R; wait $R
         grep -c 'reload #[0-9]*: ok' $OUT/reloading-$s-c$c.log > $OUT/reloading-$s-c$c.reloads
         grep -c 'reload #[0-9]*: rolled back' $OUT/reloading-$s-c$c.log >> $OUT/reloading-$s-c$c.reloads
+    done
+done
+# --- peers ---
+NGINX=/usr/sbin/nginx
+HAPROXY=/usr/sbin/haproxy
+nginx_conf() { # $1: listen options
+    mkdir -p /tmp/ngx
+    cat > /tmp/ngx/nginx.conf <<EOF
+daemon on; master_process on; worker_processes 1; user root;
+pid /tmp/ngx/nginx.pid; error_log /tmp/ngx/error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path /tmp/ngx/body; proxy_temp_path /tmp/ngx/proxy;
+    fastcgi_temp_path /tmp/ngx/fcgi; uwsgi_temp_path /tmp/ngx/uwsgi; scgi_temp_path /tmp/ngx/scgi;
+    server { listen 127.0.0.1:7000 $1; location / { return 200 "\$pid"; } }
+}
+EOF
+}
+haproxy_conf() {
+    cat > /tmp/haproxy.cfg <<EOF
+global
+    master-worker
+    nbthread 1
+    stats socket /tmp/haproxy.sock mode 600 expose-fd listeners level admin
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind 127.0.0.1:7000
+    http-request return status 200 content-type text/plain lf-string "%pid"
+EOF
+}
+peer_start() { # $1: peer; sets MASTER
+    case $1 in
+        nginx) nginx_conf ""; $NGINX -c /tmp/ngx/nginx.conf || fail "nginx"; sleep 0.5; MASTER=$(cat /tmp/ngx/nginx.pid) ;;
+        nginx-reuseport) nginx_conf reuseport; $NGINX -c /tmp/ngx/nginx.conf || fail "nginx"; sleep 0.5; MASTER=$(cat /tmp/ngx/nginx.pid) ;;
+        haproxy) haproxy_conf; $HAPROXY -W -D -p /tmp/haproxy.pid -f /tmp/haproxy.cfg || fail "haproxy"; sleep 0.5; MASTER=$(cat /tmp/haproxy.pid) ;;
+    esac
+    loadgen get 127.0.0.1:7000 > /dev/null || fail "$1 does not answer"
+}
+peer_reload() { # $1: peer
+    case $1 in
+        nginx*) kill -HUP $MASTER ;;     # what `nginx -s reload` sends
+        haproxy) kill -USR2 $MASTER ;;   # master-worker reload (re-exec, fds over the socket)
+    esac
+}
+peer_stop() {
+    kill -QUIT $MASTER 2>/dev/null; sleep 1; kill -9 $MASTER 2>/dev/null
+    for p in $(pidof nginx haproxy); do kill -9 $p; done
+    sleep 0.2
+}
+for p in $PEERS; do
+    case $p in
+        nginx*) [ -x $NGINX ] || { echo "BENCH-INFO no nginx in the guest: skipped"; continue; } ;;
+        haproxy) [ -x $HAPROXY ] || { echo "BENCH-INFO no haproxy in the guest: skipped"; continue; } ;;
+    esac
+    for c in $CONCS; do
+        peer_start $p
+        echo "BENCH-RUN peer $p baseline c=$c"
+        loadgen run 127.0.0.1:7000 -c $c -n $N --tsv $OUT/peer-$p-baseline-c$c.tsv --progress | tee $OUT/peer-$p-baseline-c$c.txt
+        echo "BENCH-RUN peer $p reloading c=$c"
+        loadgen run 127.0.0.1:7000 -c $c -n $N --tsv $OUT/peer-$p-reloading-c$c.tsv --progress > $OUT/peer-$p-reloading-c$c.txt &
+        L=$!
+        n=0
+        while kill -0 $L 2>/dev/null; do peer_reload $p; n=$((n + 1)); sleep 0.1; done
+        wait $L
+        cat $OUT/peer-$p-reloading-c$c.txt
+        echo $n > $OUT/peer-$p-reloading-c$c.reloads; echo 0 >> $OUT/peer-$p-reloading-c$c.reloads
+        peer_stop
     done
 done
 sync

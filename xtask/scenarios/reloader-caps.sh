@@ -35,4 +35,26 @@ cat /tmp/nocaps.log
 [ $rc = 2 ] || fail "without the capability the reloader should exit 2, got $rc"
 grep -q 'setcap cap_net_admin+ep /tmp/reloader-nocaps' /tmp/nocaps.log || fail "the error does not name the setcap command"
 kill -TERM $RELOADER; wait
+
+# Handoff on port 80 (IPv4 and IPv6) with only CAP_NET_BIND_SERVICE: no
+# CAP_NET_ADMIN, the servers get nothing, and they name their sockets.
+cp /usr/local/bin/reloader /tmp/reloader-bind
+setcap cap_net_bind_service+ep /tmp/reloader-bind || fail "setcap bind"
+chmod 755 /tmp/reloader-bind
+su -s /bin/sh nobody -c "/tmp/reloader-bind run --strategy handoff --addr 127.0.0.1:80 --addr '[::1]:80' --control /tmp/h.sock -- reuse-server" 2>/tmp/caps.log &
+for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/caps.log && break; sleep 0.1; done
+grep -q 'reloader: serving' /tmp/caps.log || fail "the handoff reloader did not start as nobody on port 80"
+RELOADER=$(pidof reloader-bind)
+SERVER=$(pidof reuse-server)
+echo "handoff reloader $RELOADER: $(grep -E '^(Uid|CapEff|CapPrm)' /proc/$RELOADER/status | tr '\t\n' '  ')"
+grep -q 'CapEff:	0000000000000400' /proc/$RELOADER/status || fail "the handoff reloader should hold exactly CAP_NET_BIND_SERVICE"
+grep -q 'CapEff:	0000000000000000' /proc/$SERVER/status || fail "the server has capabilities"
+A=$(loadgen get 127.0.0.1:80) || fail "no answer on 127.0.0.1:80"
+B=$(loadgen get '[::1]:80') || fail "no answer on [::1]:80"
+su -s /bin/sh nobody -c '/tmp/reloader-bind reload --control /tmp/h.sock' || fail "a handoff reload failed"
+C=$(loadgen get '[::1]:80') || fail "no answer on [::1]:80 after the reload"
+[ "$C" != "$A" ] || fail "still PID $A after the reload"
+grep 'listening on' /tmp/caps.log | tail -2
+grep -q 'listening on \[::1\]:80 (inherited fd 4, tcp6-80)' /tmp/caps.log || fail "the server did not log its socket names (LISTEN_FDNAMES)"
+kill -TERM $RELOADER; wait
 echo "scenario: reloader-caps ok"

@@ -1,8 +1,11 @@
 # Constant reloading under load: `reloader run --every 100ms` while loadgen
 # sends REQUESTS requests, CONC at a time, each on a new TCP connection.
-# usage: reloader-load.sh STRATEGY CONC REQUESTS EXPECT   (EXPECT: zero|failures)
+# usage: reloader-load.sh STRATEGY CONC REQUESTS EXPECT [keepalive]
+#   EXPECT: zero|failures; keepalive: connections live across reloads (-k)
 set -u
-STRATEGY=$1 CONC=$2 REQUESTS=$3 EXPECT=$4
+STRATEGY=$1 CONC=$2 REQUESTS=$3 EXPECT=$4 KEEP=${5:-}
+K=""
+[ "$KEEP" = keepalive ] && K="-k"
 fail() { echo "FAIL: $*"; tail -20 /tmp/reloader.log; exit 1; }
 
 # The machine as a user of the plug has it, for both strategies: the tree on lo.
@@ -13,7 +16,7 @@ R=$!
 for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/reloader.log && break; sleep 0.1; done
 grep -q 'reloader: serving' /tmp/reloader.log || fail "reloader did not start"
 
-loadgen run 127.0.0.1:7000 -c "$CONC" -n "$REQUESTS" | tee /tmp/load.out
+loadgen run 127.0.0.1:7000 -c "$CONC" -n "$REQUESTS" $K | tee /tmp/load.out
 kill -TERM $R
 wait $R
 rc=$?
@@ -35,4 +38,5 @@ case $EXPECT in
     [ "$failed" -gt 0 ] || fail "no failed requests without protection: the comparison has no teeth"
     ;;
 esac
-echo "scenario: reloader-load $STRATEGY c=$CONC ok (failed requests: $failed)"
+head -3 /tmp/reloader.log | grep 'strategy'
+echo "scenario: reloader-load $STRATEGY c=$CONC $KEEP ok (failed requests: $failed)"

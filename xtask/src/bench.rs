@@ -42,11 +42,23 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     pub concurrency: Vec<usize>,
     /// Strategies, comma-separated.
-    #[arg(long = "strategy", value_delimiter = ',', default_value = "none,plug")]
+    #[arg(
+        long = "strategy",
+        value_delimiter = ',',
+        default_value = "none,plug,migrate,handoff,plug-k,handoff-k"
+    )]
     pub strategies: Vec<Strategy>,
     /// Requests of the `ab` cross-check (default: min(requests, 10,000); 0: none).
     #[arg(long)]
     pub ab_requests: Option<usize>,
+    /// Peers run under the same load and reload cadence (installed with apt
+    /// when missing), comma-separated; `--peers ''` for none.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "nginx,nginx-reuseport,haproxy"
+    )]
+    pub peers: Vec<String>,
     /// Results folder (default: results/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -68,6 +80,14 @@ pub struct DemoArgs {
 pub enum Strategy {
     None,
     Plug,
+    Migrate,
+    Handoff,
+    /// Handoff with kept-alive connections (loadgen -k).
+    #[value(name = "handoff-k")]
+    HandoffK,
+    /// The plug with kept-alive connections (loadgen -k).
+    #[value(name = "plug-k")]
+    PlugK,
 }
 
 impl Strategy {
@@ -75,12 +95,17 @@ impl Strategy {
         match self {
             Strategy::None => "none",
             Strategy::Plug => "plug",
+            Strategy::Migrate => "migrate",
+            Strategy::Handoff => "handoff",
+            Strategy::HandoffK => "handoff-k",
+            Strategy::PlugK => "plug-k",
         }
     }
 }
 
 #[derive(Debug, Clone)]
 struct Args {
+    peers: Vec<String>,
     requests: Option<usize>,
     concurrency: Vec<usize>,
     strategies: Vec<String>,
@@ -109,6 +134,7 @@ fn place() -> Place {
 
 pub fn bench(b: BenchArgs) -> Result<()> {
     let a = Args {
+        peers: b.peers.into_iter().filter(|p| !p.is_empty()).collect(),
         requests: b.requests,
         concurrency: b.concurrency,
         strategies: b.strategies.iter().map(|s| s.name().to_owned()).collect(),
@@ -122,6 +148,7 @@ pub fn bench(b: BenchArgs) -> Result<()> {
 
 pub fn demo(d: DemoArgs) -> Result<()> {
     let a = Args {
+        peers: Vec::new(),
         requests: d.requests,
         concurrency: vec![1],
         strategies: vec!["plug".into()],
@@ -135,6 +162,13 @@ pub fn demo(d: DemoArgs) -> Result<()> {
 
 fn run(mut a: Args, demo: bool) -> Result<()> {
     crate::provision::ensure(&[("gnuplot", "gnuplot-nox")])?;
+    for p in &a.peers {
+        match p.as_str() {
+            "nginx" | "nginx-reuseport" => crate::provision::ensure(&[("nginx", "nginx")])?,
+            "haproxy" => crate::provision::ensure(&[("haproxy", "haproxy")])?,
+            other => bail!("--peers {other}: nginx, nginx-reuseport or haproxy"),
+        }
+    }
     let where_ = place();
     // Under emulation everything is 20-50x slower: a smaller default keeps
     // the run to minutes. The seed's own count is one flag away.
@@ -153,7 +187,13 @@ fn run(mut a: Args, demo: bool) -> Result<()> {
         .collect::<Vec<_>>()
         .join(" ");
     let strategies = a.strategies.join(" ");
-    let script_args = [n.to_string(), concs, strategies, ab_n.to_string()];
+    let script_args = [
+        n.to_string(),
+        concs,
+        strategies,
+        ab_n.to_string(),
+        a.peers.join(" "),
+    ];
     let kernel;
     match &where_ {
         Place::Host => {
@@ -322,11 +362,8 @@ fn report(a: &Args, kernel: &str, emulated: bool) -> Result<String> {
     for c in &a.concurrency {
         let mut by_strategy = Vec::new();
         let base = a.out.join(format!("baseline-c{c}.tsv"));
-        writeln!(
-            t,
-            "{}",
-            row(&format!("baseline, c={c}"), &base, None, None)?.0
-        )?;
+        let (base_line, base_summary) = row(&format!("baseline, c={c}"), &base, None, None)?;
+        writeln!(t, "{base_line}")?;
         plot(&base, &format!("baseline, c={c}"))?;
         if *c == 1 {
             if let Some(ab) = ab_row(&a.out)? {
@@ -351,21 +388,66 @@ fn report(a: &Args, kernel: &str, emulated: bool) -> Result<String> {
             by_strategy.push((s.clone(), summary));
             plot(&tsv, &name)?;
         }
-        if let Some((_, none)) = by_strategy.iter().find(|(s, _)| s == "none") {
-            for (s, x) in by_strategy.iter().filter(|(s, _)| s != "none") {
+        let none = by_strategy
+            .iter()
+            .find(|(s, _)| s == "none")
+            .map(|(_, x)| x.clone());
+        for (s, x) in &by_strategy {
+            let vs_none = match (&none, s.as_str()) {
+                (Some(n), name) if name != "none" => format!(
+                    "; / none: mean {:.2}x, p99 {:.2}x, max {:.2}x",
+                    x.mean / n.mean,
+                    x.p99 / n.p99,
+                    x.max / n.max
+                ),
+                _ => String::new(),
+            };
+            writeln!(
+                ratios,
+                "- c={c}: {s} / baseline: mean {:.2}x, p99 {:.2}x, max {:.2}x{vs_none}",
+                x.mean / base_summary.mean,
+                x.p99 / base_summary.p99,
+                x.max / base_summary.max
+            )?;
+        }
+    }
+    for p in &a.peers {
+        for c in &a.concurrency {
+            let base = a.out.join(format!("peer-{p}-baseline-c{c}.tsv"));
+            let tsv = a.out.join(format!("peer-{p}-reloading-c{c}.tsv"));
+            if !base.exists() || !tsv.exists() {
                 writeln!(
-                    ratios,
-                    "- c={c}: {s} / none: mean {:.2}x, p99 {:.2}x, max {:.2}x",
-                    x.mean / none.mean,
-                    x.p99 / none.p99,
-                    x.max / none.max
+                    t,
+                    "| peer {p}, c={c} | not run (see the bench log) | | | | | | | | | |"
                 )?;
+                continue;
             }
+            let reloads =
+                std::fs::read_to_string(a.out.join(format!("peer-{p}-reloading-c{c}.reloads")))
+                    .ok()
+                    .and_then(|x| x.lines().next()?.trim().parse::<u64>().ok())
+                    .map(|n| (n, 0));
+            let (bl, bs) = row(&format!("peer {p}: baseline, c={c}"), &base, None, None)?;
+            let name = format!("peer {p}: reloading every 100 ms, c={c}");
+            let (rl, rs) = row(&name, &tsv, reloads, None)?;
+            writeln!(t, "{bl}")?;
+            writeln!(t, "{rl}")?;
+            plot(&tsv, &name)?;
+            writeln!(
+                ratios,
+                "- c={c}: peer {p} / its baseline: mean {:.2}x, p99 {:.2}x, max {:.2}x",
+                rs.mean / bs.mean,
+                rs.p99 / bs.p99,
+                rs.max / bs.max
+            )?;
         }
     }
     writeln!(t)?;
     if !ratios.is_empty() {
-        writeln!(t, "Ratios to `--strategy none` in the same run:\n{ratios}")?;
+        writeln!(
+            t,
+            "Ratios to the same run's baseline (one reuse-server, no reloads) and to `--strategy none` (`-k`: kept-alive connections):\n{ratios}"
+        )?;
     }
     writeln!(
         t,

@@ -49,6 +49,10 @@ pub const MODULES: &[&str] = &[
 /// (`tc`, `ip`) over anything on PATH.
 pub const TOOLS: &[&str] = &["tc", "ip", "ss", "nft", "ab", "setcap"];
 
+/// The bench's peers, copied in (with their libraries) when the host has
+/// them: `cargo xtask bench` installs them, the tests do not need them.
+pub const PEERS: &[&str] = &["nginx", "haproxy"];
+
 /// The guest's `/init`. `/xtask-cmd` comes from a second archive appended per
 /// run, so the big one is built once.
 const INIT: &str = r#"#!/bin/busybox sh
@@ -96,7 +100,8 @@ pub fn build(kernel: &Kernel, bins: &[PathBuf], scenarios: &Path, stage: &Path) 
     let busybox = which("busybox").context("busybox not found")?;
     copy(&busybox, &stage.join("bin/busybox"))?;
     stage_modules(kernel, stage)?;
-    for tool in TOOLS {
+    let peers = PEERS.iter().filter(|p| which(p).is_some());
+    for tool in TOOLS.iter().chain(peers) {
         let path = which(tool).with_context(|| format!("{tool} not found on the host"))?;
         copy(&path, &stage.join("usr/sbin").join(tool))?;
         for lib in shared_libraries(&path)? {

@@ -75,7 +75,7 @@ fn guest_builds_the_seed_tree_with_tc() {
 fn guest_reloader_plug_c1_zero_failures() {
     scenario_with(
         "reloader-load",
-        &["plug", "1", "50000", "zero"],
+        &["plug", "1", "20000", "zero"],
         Duration::from_secs(1500),
     );
 }
@@ -84,7 +84,7 @@ fn guest_reloader_plug_c1_zero_failures() {
 fn guest_reloader_plug_c32_zero_failures() {
     scenario_with(
         "reloader-load",
-        &["plug", "32", "50000", "zero"],
+        &["plug", "32", "20000", "zero"],
         Duration::from_secs(1500),
     );
 }
@@ -94,9 +94,60 @@ fn guest_reloader_plug_c32_zero_failures() {
 fn guest_reloader_none_c32_has_failures() {
     scenario_with(
         "reloader-load",
-        &["none", "32", "50000", "failures"],
+        &["none", "32", "20000", "failures"],
         Duration::from_secs(1500),
     );
+}
+
+// The strategies without a plug: tcp_migrate_req, and the reloader's own
+// sockets handed to every generation.
+
+#[test]
+fn guest_reloader_migrate_c1_zero_failures() {
+    scenario_with(
+        "reloader-load",
+        &["migrate", "1", "10000", "zero"],
+        Duration::from_secs(1200),
+    );
+}
+
+#[test]
+fn guest_reloader_migrate_c32_zero_failures() {
+    scenario_with(
+        "reloader-load",
+        &["migrate", "32", "10000", "zero"],
+        Duration::from_secs(1200),
+    );
+}
+
+#[test]
+fn guest_reloader_handoff_c1_zero_failures() {
+    scenario_with(
+        "reloader-load",
+        &["handoff", "1", "10000", "zero"],
+        Duration::from_secs(1200),
+    );
+}
+
+#[test]
+fn guest_reloader_handoff_c32_zero_failures() {
+    scenario_with(
+        "reloader-load",
+        &["handoff", "32", "10000", "zero"],
+        Duration::from_secs(1200),
+    );
+}
+
+/// Kept-alive connections live across reloads: none of their requests fails.
+#[test]
+fn guest_reloader_keepalive_handoff_and_plug_zero_failures() {
+    for strategy in ["handoff", "plug"] {
+        scenario_with(
+            "reloader-load",
+            &[strategy, "32", "10000", "zero", "keepalive"],
+            Duration::from_secs(1200),
+        );
+    }
 }
 
 #[test]

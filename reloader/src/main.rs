@@ -10,6 +10,7 @@ mod listeners;
 mod notify;
 mod owner;
 mod privs;
+mod service;
 mod supervisor;
 mod swap;
 
@@ -353,6 +354,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         hold_limit: args.hold_limit,
     };
     let mut sup = Supervisor::start(opts, swap, notify).await?;
+    service::ready(&format!("serving: PID {}", sup.current.pid));
     log(&format!(
         "serving; strategy {:?}; reload with SIGHUP or `reloader reload --control {}`",
         args.strategy,
@@ -378,6 +380,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         // SIGTERM/SIGINT end a reload half-way: `shutdown` stops whatever it
         // started and releases the plug.
+        service::reloading();
         let outcome = tokio::select! {
             outcome = sup.reload() => outcome,
             _ = term.recv() => break Ok(()),
@@ -390,16 +393,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Ok(line) => {
                 ok += 1;
                 log(line);
+                service::ready(&format!("serving: PID {}; last reload ok", sup.current.pid));
             }
             Err(e) => {
                 failed += 1;
                 log(&e.to_string());
+                service::ready(&format!(
+                    "serving: PID {}; last reload failed: {e}",
+                    sup.current.pid
+                ));
             }
         }
         if let Some(reply) = reply {
             let _ = reply.send(outcome.map_err(|e| e.to_string()));
         }
     };
+    service::stopping();
     sup.shutdown().await;
     let _ = std::fs::remove_file(&control_path);
     let _ = std::fs::remove_file(&notify_path);

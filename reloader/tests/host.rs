@@ -122,3 +122,93 @@ fn reload_without_a_supervisor_says_so() {
         "{err}"
     );
 }
+
+/// The reloader's own sd_notify, as systemd's `Type=notify-reload` reads
+/// it: READY=1 once serving; RELOADING=1 with MONOTONIC_USEC then READY=1
+/// for a reload; the same pair plus a STATUS= naming the failure for a
+/// rolled-back reload; STOPPING=1 at exit.
+#[test]
+fn reloader_speaks_sd_notify_to_its_own_supervisor() {
+    let Some(server) = server() else {
+        return testkit::skip("reuse-server not built: run `cargo test --workspace`");
+    };
+    in_netns("sd_notify", move || {
+        use std::os::unix::net::UnixDatagram;
+        let dir = std::env::temp_dir().join(format!("reloader-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock_path = dir.join("notify.sock");
+        let flag = dir.join("fail-next");
+        let sock = UnixDatagram::bind(&sock_path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let next = || {
+            let mut buf = vec![0u8; 4096];
+            let n = sock.recv(&mut buf).expect("a notify message in time");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        let ctl = dir.join("ctl.sock");
+        // The server command fails while the flag file exists.
+        let cmd = format!(
+            "if [ -e {} ]; then exit 7; fi; exec {}",
+            flag.display(),
+            server.display()
+        );
+        let mut r = Proc::spawn(
+            Command::new(RELOADER)
+                .args([
+                    "run",
+                    "--strategy",
+                    "none",
+                    "--ready-timeout",
+                    "3s",
+                    "--control",
+                ])
+                .arg(&ctl)
+                .args(["--", "sh", "-c", &cmd])
+                .env("NOTIFY_SOCKET", &sock_path),
+        )
+        .unwrap();
+        let first = next();
+        assert!(first.contains("READY=1"), "{first:?} {:?}", r.log);
+        assert!(first.contains("STATUS=serving: PID"), "{first:?}");
+
+        let reload = || {
+            Command::new(RELOADER)
+                .args(["reload", "--control"])
+                .arg(&ctl)
+                .output()
+                .unwrap()
+        };
+        assert!(reload().status.success());
+        let a = next();
+        assert!(a.contains("RELOADING=1"), "{a:?}");
+        assert!(a.contains("MONOTONIC_USEC="), "{a:?}");
+        let b = next();
+        assert!(
+            b.contains("READY=1") && b.contains("last reload ok"),
+            "{b:?}"
+        );
+
+        std::fs::write(&flag, b"").unwrap();
+        assert!(!reload().status.success(), "the reload should roll back");
+        let a = next();
+        assert!(
+            a.contains("RELOADING=1") && a.contains("MONOTONIC_USEC="),
+            "{a:?}"
+        );
+        let b = next();
+        assert!(b.contains("READY=1"), "{b:?}");
+        assert!(
+            b.contains("STATUS=serving: PID")
+                && b.contains("last reload failed")
+                && b.contains("exited (exit status: 7)"),
+            "{b:?}"
+        );
+
+        r.signal(libc::SIGTERM);
+        let stop = next();
+        assert!(stop.contains("STOPPING=1"), "{stop:?}");
+        assert!(r.wait_exit(Duration::from_secs(10)).is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}

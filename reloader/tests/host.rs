@@ -212,3 +212,58 @@ fn reloader_speaks_sd_notify_to_its_own_supervisor() {
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
+
+/// The shipped units pass `systemd-analyze verify` (Debian's systemd), with
+/// their binaries pointed at the ones just built. systemd before 253 does
+/// not know `Type=notify-reload` and says so (the one warning allowed
+/// there); reloader-notify.service is for those versions and must be clean.
+#[test]
+fn systemd_units_verify() {
+    let Some(analyze) = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        return testkit::skip("systemd-analyze not installed (apt-get install systemd)");
+    };
+    let Some(server) = server() else {
+        return testkit::skip("reuse-server not built: run `cargo test --workspace`");
+    };
+    let version: u32 = String::from_utf8_lossy(
+        &Command::new(analyze)
+            .arg("--version")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .split_whitespace()
+    .nth(1)
+    .and_then(|v| v.parse().ok())
+    .expect("systemd-analyze --version names its version");
+    let dir = std::env::temp_dir().join(format!("units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contrib/systemd");
+    for unit in ["reloader.service", "reloader-notify.service"] {
+        let text = std::fs::read_to_string(src.join(unit)).unwrap();
+        let text = text
+            .replace("/usr/local/bin/reloader", RELOADER)
+            .replace("/usr/local/bin/reuse-server", &server.display().to_string());
+        let path = dir.join(unit);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(analyze)
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{unit}: {said}");
+        let allowed = unit == "reloader.service" && version < 253;
+        for line in said.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                allowed && line.contains("Failed to parse service type, ignoring: notify-reload"),
+                "{unit} (systemd {version}): {line}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -27,7 +27,19 @@ NEW=$(pidof reuse-server)
 [ "$(echo $NEW | wc -w)" = 1 ] || fail "not exactly one server after the reload: $NEW"
 grep -q 'CapEff:	0000000000000000' /proc/$NEW/status || fail "the reloaded server has capabilities"
 ls -l /tmp/nobody.sock | grep -q '^srw-------' || fail "control socket is not mode 0600: $(ls -l /tmp/nobody.sock)"
-# root may ask too; another ordinary user may not (it cannot even connect: mode 0600).
+# root may ask too; another ordinary user may not. The socket's mode 0600
+# stops it first; the peer-uid check is the second wall: opened up to 0666,
+# the socket still refuses another user, and no reload happens.
+echo "other:x:1000:1000:other:/tmp:/bin/sh" >> /etc/passwd
+chmod 666 /tmp/nobody.sock
+BEFORE=$(pidof reuse-server)
+if su -s /bin/sh other -c '/tmp/reloader-nocaps reload --control /tmp/nobody.sock' > /tmp/other.out 2>&1; then
+    fail "another user was allowed to reload: $(cat /tmp/other.out)"
+fi
+cat /tmp/other.out
+grep -q "permission denied (not the reloader's user)" /tmp/other.out || fail "no clear refusal for another user"
+[ "$(pidof reuse-server)" = "$BEFORE" ] || fail "a refused request changed the serving generation"
+/usr/local/bin/reloader reload --control /tmp/nobody.sock > /dev/null || fail "root was refused"
 
 su -s /bin/sh nobody -c '/tmp/reloader-nocaps run --control /tmp/x.sock -- reuse-server' 2>/tmp/nocaps.log
 rc=$?

@@ -28,6 +28,29 @@ fn in_netns(name: &str, f: impl FnOnce() + Send + 'static) {
 }
 
 /// Starts a server with `args` and waits until it logs that it listens.
+/// Waits until the kernel shows an established connection to local `port`
+/// that a process has accepted (`/proc/thread-self/net/tcp*`, this thread's
+/// namespace: state 01 with an inode;
+/// one still in an accept queue has inode 0). The event itself, not a sleep.
+fn wait_accepted(port: u16, within: Duration) -> bool {
+    let end = std::time::Instant::now() + within;
+    let local = format!(":{port:04X}");
+    while std::time::Instant::now() < end {
+        for table in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
+            let text = std::fs::read_to_string(table).unwrap_or_default();
+            let accepted = text.lines().skip(1).any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 9 && f[1].ends_with(&local) && f[3] == "01" && f[9] != "0"
+            });
+            if accepted {
+                return true;
+            }
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
 fn start(args: &[&str]) -> Proc {
     let mut p = Proc::spawn(Command::new(SERVER).args(args)).expect("spawn reuse-server");
     assert!(
@@ -139,11 +162,10 @@ fn connection_accepted_before_sigterm_gets_its_response() {
         let mut s = start(&[]);
         let mut c = TcpStream::connect("127.0.0.1:7000").unwrap();
         c.set_read_timeout(Some(10 * SEC)).unwrap();
-        // Let the server's accept loop take it before the signal.
-        thread::sleep(Duration::from_millis(300));
+        // The server's accept loop has taken it before the signal.
+        assert!(wait_accepted(7000, 5 * SEC), "never accepted");
         s.signal(libc::SIGTERM);
         assert!(s.wait_line("draining", 5 * SEC).is_some(), "{:?}", s.log);
-        thread::sleep(Duration::from_millis(300));
         c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let mut raw = Vec::new();
         c.read_to_end(&mut raw).unwrap();
@@ -164,9 +186,9 @@ fn request_in_flight_at_sigterm_completes_and_second_sigterm_is_absorbed() {
         let mut s = start(&[]);
         let pid = s.pid();
         let slow = thread::spawn(|| get_pid(addr("127.0.0.1:7000"), "/delay/2000"));
-        thread::sleep(Duration::from_millis(300));
+        assert!(wait_accepted(7000, 5 * SEC), "never accepted");
         s.signal(libc::SIGTERM);
-        thread::sleep(Duration::from_millis(200));
+        assert!(s.wait_line("draining", 5 * SEC).is_some(), "{:?}", s.log);
         s.signal(libc::SIGTERM);
         assert_eq!(slow.join().unwrap(), Outcome::Ok(pid));
         let status = s.wait_exit(10 * SEC).expect("exits after the drain");
@@ -200,7 +222,7 @@ fn sigquit_ends_at_once() {
     in_netns("sigquit", || {
         let mut s = start(&[]);
         let _slow = thread::spawn(|| get_pid(addr("127.0.0.1:7000"), "/delay/30000"));
-        thread::sleep(Duration::from_millis(300));
+        assert!(wait_accepted(7000, 5 * SEC), "never accepted");
         s.signal(libc::SIGTERM);
         s.signal(libc::SIGQUIT);
         let status = s
@@ -216,12 +238,15 @@ fn sigquit_ends_at_once() {
 #[test]
 fn handover_under_load_loses_no_request() {
     in_netns("handover under load", || {
+        if !std::path::Path::new("/proc/sys/net/ipv4/tcp_migrate_req").exists() {
+            return testkit::skip("this kernel has no net.ipv4.tcp_migrate_req (Linux < 5.14)");
+        }
         testkit::netns::set_sysctl("net/ipv4/tcp_migrate_req", "1").expect("tcp_migrate_req");
         let mut first = start(&[]);
         let target = addr("127.0.0.1:7000");
         let load = thread::spawn(move || load::run(&load::Options::new(target, 32, 20_000)));
-        // Let the load reach full speed against the first server alone.
-        thread::sleep(Duration::from_millis(300));
+        // The load is running against the first server alone.
+        assert!(wait_accepted(7000, 5 * SEC), "the load never connected");
         let second = start(&[]);
         first.signal(libc::SIGTERM);
         let status = first.wait_exit(30 * SEC).expect("first server exits");

@@ -147,16 +147,32 @@ impl Ctx {
                     Note::Ready => {}
                 }
             }
-            let mine = self.its_listeners(gen)?;
-            if !mine.is_empty() {
-                gen.listeners = mine;
-                return Ok(Started::Joined);
-            }
+            // Between fork and exec the child is still a copy of us, and a
+            // reloader started from a file with capabilities is not
+            // dumpable: its /proc/PID/fd is closed to us until the exec.
+            // That refusal is retried; if it outlasts the ready timeout it
+            // is the answer.
+            let denied = match self.its_listeners(gen) {
+                Ok(mine) if !mine.is_empty() => {
+                    gen.listeners = mine;
+                    return Ok(Started::Joined);
+                }
+                Ok(_) => None,
+                Err(Error::Proc { pid, source })
+                    if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    Some(Error::Proc { pid, source })
+                }
+                Err(e) => return Err(e.into()),
+            };
             if Instant::now() >= deadline {
-                return Err(Refusal::NoBind {
-                    pid: gen.pid,
-                    port: self.opts.port,
-                    within: self.opts.ready_timeout,
+                return Err(match denied {
+                    Some(e) => e.into(),
+                    None => Refusal::NoBind {
+                        pid: gen.pid,
+                        port: self.opts.port,
+                        within: self.opts.ready_timeout,
+                    },
                 });
             }
             tokio::time::sleep(START_POLL).await;
@@ -306,8 +322,16 @@ impl Ctx {
         }
         if gen.exited().is_none() {
             // Every listener it has now, including any bound after it joined.
-            let now = self.its_listeners(gen)?;
-            gen.listeners.extend(now);
+            match self.its_listeners(gen) {
+                Ok(now) => gen.listeners.extend(now),
+                // Not exec'd yet (see `wait_started`): still a copy of us,
+                // which holds no listener on the port (ours are close-on-exec
+                // and the handoff strategy returned above), so not in the group.
+                Err(Error::Proc { source, .. })
+                    if source.kind() == std::io::ErrorKind::PermissionDenied
+                        && gen.listeners.is_empty() => {}
+                Err(e) => return Err(e),
+            }
         }
         if gen.exited().is_some() || gen.listeners.is_empty() {
             // Not in the group: nothing to protect.

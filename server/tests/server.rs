@@ -27,7 +27,6 @@ fn in_netns(name: &str, f: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Starts a server with `args` and waits until it logs that it listens.
 /// Waits until the kernel shows an established connection to local `port`
 /// that a process has accepted (`/proc/thread-self/net/tcp*`, this thread's
 /// namespace: state 01 with an inode;
@@ -51,6 +50,7 @@ fn wait_accepted(port: u16, within: Duration) -> bool {
     false
 }
 
+/// Starts a server with `args` and waits until it logs that it listens.
 fn start(args: &[&str]) -> Proc {
     let mut p = Proc::spawn(Command::new(SERVER).args(args)).expect("spawn reuse-server");
     assert!(

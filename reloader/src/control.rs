@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -55,14 +55,17 @@ pub fn serve(path: &Path) -> std::io::Result<mpsc::Receiver<Request>> {
 async fn handle(stream: UnixStream, tx: mpsc::Sender<Request>, me: u32) -> std::io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
+    // The request is read before any answer, refusals included: a client
+    // whose request is still unread when we close would see EPIPE instead
+    // of the reason. One line, at most 256 bytes.
+    let mut line = String::new();
+    BufReader::new(read.take(256)).read_line(&mut line).await?;
     if uid != me && uid != 0 {
         write
             .write_all(b"error: permission denied (not the reloader's user)\n")
             .await?;
         return Ok(());
     }
-    let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
     let reply = match line.trim() {
         "reload" => {
             let (done, outcome) = oneshot::channel();

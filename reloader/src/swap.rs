@@ -17,10 +17,15 @@ pub trait Swap {
     fn shares_listeners(&self) -> bool {
         false
     }
-    /// New connections must wait from now on.
-    fn hold(&mut self) -> Result<(), qdisc::Error>;
+    /// New connections must wait from now on (strategies that hold nothing
+    /// keep this default).
+    fn hold(&mut self) -> Result<(), qdisc::Error> {
+        Ok(())
+    }
     /// New connections may proceed; returns how long they were held.
-    fn release(&mut self) -> Result<Option<Duration>, qdisc::Error>;
+    fn release(&mut self) -> Result<Option<Duration>, qdisc::Error> {
+        Ok(None)
+    }
     /// Best effort release for error and exit paths; never fails.
     fn release_quietly(&mut self) {
         let _ = self.release();
@@ -101,14 +106,6 @@ impl Swap for NoSwap {
     fn protects(&self) -> bool {
         false
     }
-
-    fn hold(&mut self) -> Result<(), qdisc::Error> {
-        Ok(())
-    }
-
-    fn release(&mut self) -> Result<Option<Duration>, qdisc::Error> {
-        Ok(None)
-    }
 }
 
 /// `tcp_migrate_req=1` in our network namespace: a closing listener hands
@@ -165,14 +162,6 @@ impl Swap for MigrateSwap {
     fn protects(&self) -> bool {
         false
     }
-
-    fn hold(&mut self) -> Result<(), qdisc::Error> {
-        Ok(())
-    }
-
-    fn release(&mut self) -> Result<Option<Duration>, qdisc::Error> {
-        Ok(None)
-    }
 }
 
 impl Drop for MigrateSwap {
@@ -198,13 +187,5 @@ impl Swap for HandoffSwap {
 
     fn shares_listeners(&self) -> bool {
         true
-    }
-
-    fn hold(&mut self) -> Result<(), qdisc::Error> {
-        Ok(())
-    }
-
-    fn release(&mut self) -> Result<Option<Duration>, qdisc::Error> {
-        Ok(None)
     }
 }

@@ -6,9 +6,13 @@
 # cadence: nginx (`nginx -s reload`'s SIGHUP, with and without `reuseport`)
 # and HAProxy (master-worker, seamless reload with `expose-fd listeners`),
 # each answering its worker's PID, each with its own baseline.
-# usage: bench.sh REQUESTS "CONCURRENCIES" "STRATEGIES" AB_REQUESTS ["PEERS"]
+# With CLIENTS containing "remote", the strategies run again for remote
+# clients: the server and reloader in a namespace `srv` (192.0.2.1 on
+# veth-s), the load from a namespace `cli` (192.0.2.2) across a veth pair;
+# the plug strategies hold SYNs on veth-s's ingress (`--ingress veth-s`).
+# usage: bench.sh REQUESTS "CONCURRENCIES" "STRATEGIES" AB_REQUESTS ["PEERS"] ["CLIENTS"]
 set -u
-N=$1 CONCS=$2 STRATEGIES=$3 AB_N=$4 PEERS=${5:-}
+N=$1 CONCS=$2 STRATEGIES=$3 AB_N=$4 PEERS=${5:-} CLIENTS=${6:-local}
 OUT=${RESULTS:-/results}
 AB=${AB:-/usr/sbin/ab}
 fail() { echo "BENCH-FAIL: $*"; exit 1; }
@@ -21,7 +25,8 @@ wait_serving() { # $1: log
     fail "no '$2' in $1"
 }
 
-for c in $CONCS; do
+case " $CLIENTS " in *" local "*) LOCAL_CONCS=$CONCS ;; *) LOCAL_CONCS="" ;; esac
+for c in $LOCAL_CONCS; do
     reuse-server 2>/tmp/server.log &
     S=$!
     wait_serving /tmp/server.log "listening on"
@@ -48,6 +53,49 @@ for c in $CONCS; do
         grep -c 'reload #[0-9]*: rolled back' $OUT/reloading-$s-c$c.log >> $OUT/reloading-$s-c$c.reloads
     done
 done
+# --- remote clients ---
+case " $CLIENTS " in *" remote "*)
+    IP=/usr/sbin/ip
+    S="$IP netns exec srv"
+    C="$IP netns exec cli"
+    $IP netns add srv && $IP netns add cli || fail "netns"
+    $IP link add veth-s type veth peer name veth-c || fail "veth"
+    $IP link set veth-s netns srv
+    $IP link set veth-c netns cli
+    $S $IP link set lo up
+    $C $IP link set lo up
+    $S $IP addr add 192.0.2.1/24 dev veth-s
+    $C $IP addr add 192.0.2.2/24 dev veth-c
+    $S $IP link set veth-s up
+    $C $IP link set veth-c up
+    $C ping -c 1 -W 5 192.0.2.1 > /dev/null || fail "no path between the namespaces"
+    $S qdisc setup > /dev/null || fail "qdisc setup (srv)"
+    for c in $CONCS; do
+        $S reuse-server --listen 0.0.0.0:7000 2>/tmp/server.log &
+        P=$!
+        wait_serving /tmp/server.log "listening on"
+        echo "BENCH-RUN remote baseline c=$c"
+        $C loadgen run 192.0.2.1:7000 -c $c -n $N --tsv $OUT/remote-baseline-c$c.tsv --progress | tee $OUT/remote-baseline-c$c.txt
+        kill $P; wait $P
+        for s in $STRATEGIES; do
+            base=${s%-k}; K=""
+            [ "$base" != "$s" ] && K="-k"
+            INGRESS=""
+            [ "$base" = plug ] && INGRESS="--ingress veth-s"
+            $S reloader run --strategy $base $INGRESS --addr 0.0.0.0:7000 --every 100ms --drain-timeout 10s \
+                --control /tmp/r.sock -- reuse-server --listen 0.0.0.0:7000 2>$OUT/remote-$s-c$c.log &
+            R=$!
+            wait_serving $OUT/remote-$s-c$c.log "reloader: serving"
+            echo "BENCH-RUN remote reloading strategy=$s c=$c"
+            $C loadgen run 192.0.2.1:7000 -c $c -n $N $K --tsv $OUT/remote-$s-c$c.tsv --progress | tee $OUT/remote-$s-c$c.txt
+            kill -TERM $R; wait $R
+            grep -c 'reload #[0-9]*: ok' $OUT/remote-$s-c$c.log > $OUT/remote-$s-c$c.reloads
+            grep -c 'reload #[0-9]*: rolled back' $OUT/remote-$s-c$c.log >> $OUT/remote-$s-c$c.reloads
+        done
+    done
+    $IP netns del srv; $IP netns del cli
+    ;;
+esac
 # --- peers ---
 NGINX=/usr/sbin/nginx
 HAPROXY=/usr/sbin/haproxy

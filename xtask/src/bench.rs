@@ -59,9 +59,36 @@ pub struct BenchArgs {
         default_value = "nginx,nginx-reuseport,haproxy"
     )]
     pub peers: Vec<String>,
+    /// Where the clients are, comma-separated: `local` (on the server's
+    /// loopback) and `remote` (another network namespace across a veth
+    /// pair; the plug strategies then hold on the veth's ingress).
+    #[arg(long, value_delimiter = ',', default_value = "local,remote")]
+    pub clients: Vec<Clients>,
     /// Results folder (default: results/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clients {
+    Local,
+    Remote,
+}
+
+impl Clients {
+    fn name(self) -> &'static str {
+        match self {
+            Clients::Local => "local",
+            Clients::Remote => "remote",
+        }
+    }
+    /// File stems of the baseline and of a strategy's run.
+    fn stems(self, s: &str) -> (&'static str, String) {
+        match self {
+            Clients::Local => ("baseline", format!("reloading-{s}")),
+            Clients::Remote => ("remote-baseline", format!("remote-{s}")),
+        }
+    }
 }
 
 /// `cargo xtask demo`: the seed's experiment, c=1, the plug.
@@ -109,6 +136,7 @@ struct Args {
     requests: Option<usize>,
     concurrency: Vec<usize>,
     strategies: Vec<String>,
+    clients: Vec<Clients>,
     ab_requests: Option<usize>,
     out: PathBuf,
 }
@@ -138,6 +166,7 @@ pub fn bench(b: BenchArgs) -> Result<()> {
         requests: b.requests,
         concurrency: b.concurrency,
         strategies: b.strategies.iter().map(|s| s.name().to_owned()).collect(),
+        clients: b.clients,
         ab_requests: b.ab_requests,
         out: b
             .out
@@ -152,6 +181,7 @@ pub fn demo(d: DemoArgs) -> Result<()> {
         requests: d.requests,
         concurrency: vec![1],
         strategies: vec!["plug".into()],
+        clients: vec![Clients::Local],
         ab_requests: d.ab_requests,
         out: d
             .out
@@ -193,6 +223,11 @@ fn run(mut a: Args, demo: bool) -> Result<()> {
         strategies,
         ab_n.to_string(),
         a.peers.join(" "),
+        a.clients
+            .iter()
+            .map(|c| c.name())
+            .collect::<Vec<_>>()
+            .join(" "),
     ];
     let kernel;
     match &where_ {
@@ -359,56 +394,9 @@ fn report(a: &Args, kernel: &str, emulated: bool) -> Result<String> {
         )?;
     }
     let mut ratios = String::new();
-    for c in &a.concurrency {
-        let mut by_strategy = Vec::new();
-        let base = a.out.join(format!("baseline-c{c}.tsv"));
-        let (base_line, base_summary) = row(&format!("baseline, c={c}"), &base, None, None)?;
-        writeln!(t, "{base_line}")?;
-        plot(&base, &format!("baseline, c={c}"))?;
-        if *c == 1 {
-            if let Some(ab) = ab_row(&a.out)? {
-                writeln!(t, "{ab}")?;
-            }
-        }
-        for s in &a.strategies {
-            let tsv = a.out.join(format!("reloading-{s}-c{c}.tsv"));
-            let reloads =
-                std::fs::read_to_string(a.out.join(format!("reloading-{s}-c{c}.reloads")))
-                    .ok()
-                    .and_then(|x| {
-                        let mut it = x.lines().map(|l| l.trim().parse::<u64>().unwrap_or(0));
-                        Some((it.next()?, it.next().unwrap_or(0)))
-                    });
-            let held = std::fs::read_to_string(a.out.join(format!("reloading-{s}-c{c}.log")))
-                .ok()
-                .and_then(|log| held_times(&log));
-            let name = format!("reloading every 100 ms, strategy {s}, c={c}");
-            let (line, summary) = row(&name, &tsv, reloads, held)?;
-            writeln!(t, "{line}")?;
-            by_strategy.push((s.clone(), summary));
-            plot(&tsv, &name)?;
-        }
-        let none = by_strategy
-            .iter()
-            .find(|(s, _)| s == "none")
-            .map(|(_, x)| x.clone());
-        for (s, x) in &by_strategy {
-            let vs_none = match (&none, s.as_str()) {
-                (Some(n), name) if name != "none" => format!(
-                    "; / none: mean {:.2}x, p99 {:.2}x, max {:.2}x",
-                    x.mean / n.mean,
-                    x.p99 / n.p99,
-                    x.max / n.max
-                ),
-                _ => String::new(),
-            };
-            writeln!(
-                ratios,
-                "- c={c}: {s} / baseline: mean {:.2}x, p99 {:.2}x, max {:.2}x{vs_none}",
-                x.mean / base_summary.mean,
-                x.p99 / base_summary.p99,
-                x.max / base_summary.max
-            )?;
+    for clients in &a.clients {
+        for c in &a.concurrency {
+            strategy_rows(a, *clients, *c, &mut t, &mut ratios)?;
         }
     }
     for p in &a.peers {
@@ -460,6 +448,73 @@ fn report(a: &Args, kernel: &str, emulated: bool) -> Result<String> {
         }
     )?;
     Ok(t)
+}
+
+/// The baseline and every strategy's row for one place of the clients and
+/// one concurrency, with their ratios to the baseline and to `none`.
+fn strategy_rows(
+    a: &Args,
+    clients: Clients,
+    c: usize,
+    t: &mut String,
+    ratios: &mut String,
+) -> Result<()> {
+    let (base_stem, _) = clients.stems("");
+    let who = match clients {
+        Clients::Local => String::new(),
+        Clients::Remote => "remote clients: ".into(),
+    };
+    let mut by_strategy = Vec::new();
+    let base = a.out.join(format!("{base_stem}-c{c}.tsv"));
+    let (base_line, base_summary) = row(&format!("{who}baseline, c={c}"), &base, None, None)?;
+    writeln!(t, "{base_line}")?;
+    plot(&base, &format!("{who}baseline, c={c}"))?;
+    if c == 1 && clients == Clients::Local {
+        if let Some(ab) = ab_row(&a.out)? {
+            writeln!(t, "{ab}")?;
+        }
+    }
+    for s in &a.strategies {
+        let (_, stem) = clients.stems(s);
+        let tsv = a.out.join(format!("{stem}-c{c}.tsv"));
+        let reloads = std::fs::read_to_string(a.out.join(format!("{stem}-c{c}.reloads")))
+            .ok()
+            .and_then(|x| {
+                let mut it = x.lines().map(|l| l.trim().parse::<u64>().unwrap_or(0));
+                Some((it.next()?, it.next().unwrap_or(0)))
+            });
+        let held = std::fs::read_to_string(a.out.join(format!("{stem}-c{c}.log")))
+            .ok()
+            .and_then(|log| held_times(&log));
+        let name = format!("{who}reloading every 100 ms, strategy {s}, c={c}");
+        let (line, summary) = row(&name, &tsv, reloads, held)?;
+        writeln!(t, "{line}")?;
+        by_strategy.push((s.clone(), summary));
+        plot(&tsv, &name)?;
+    }
+    let none = by_strategy
+        .iter()
+        .find(|(s, _)| s == "none")
+        .map(|(_, x)| x.clone());
+    for (s, x) in &by_strategy {
+        let vs_none = match (&none, s.as_str()) {
+            (Some(n), name) if name != "none" => format!(
+                "; / none: mean {:.2}x, p99 {:.2}x, max {:.2}x",
+                x.mean / n.mean,
+                x.p99 / n.p99,
+                x.max / n.max
+            ),
+            _ => String::new(),
+        };
+        writeln!(
+            ratios,
+            "- {who}c={c}: {s} / baseline: mean {:.2}x, p99 {:.2}x, max {:.2}x{vs_none}",
+            x.mean / base_summary.mean,
+            x.p99 / base_summary.p99,
+            x.max / base_summary.max
+        )?;
+    }
+    Ok(())
 }
 
 /// The `ab` cross-check of the c=1 baseline: its own mean and failures, and

@@ -20,6 +20,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("reading /proc/net/softnet_stat: {0}")]
+    Softnet(#[source] io::Error),
     #[error("reading net.ipv4.tcp_migrate_req: {0}")]
     Sysctl(#[source] io::Error),
     #[error("cannot start {command:?}: {source}")]

@@ -11,6 +11,7 @@ mod notify;
 mod owner;
 mod privs;
 mod service;
+mod softnet;
 mod supervisor;
 mod swap;
 
@@ -352,6 +353,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ready_timeout: args.ready_timeout,
         drain_timeout: args.drain_timeout,
         hold_limit: args.hold_limit,
+        // An ifb's queue is invisible to the backlog count.
+        settle: if args.ingress.is_empty() {
+            supervisor::SETTLE_SEEN
+        } else {
+            supervisor::SETTLE_BLIND
+        },
     };
     let mut sup = Supervisor::start(opts, swap, notify).await?;
     service::ready(&format!("serving: PID {}", sup.current.pid));

@@ -36,11 +36,18 @@ const POLL: Duration = Duration::from_millis(1);
 /// How often a starting server's sockets are looked at (reads `/proc`).
 const START_POLL: Duration = Duration::from_millis(2);
 /// How long no handshake to the port may be half open, as sock_diag
-/// reports it, before the old listener is closed: a SYN that left the plug
-/// just before the hold may still be on its way to the listener (on `lo`,
-/// in the kernel's receive backlog until the softirq runs). The hold's own
+/// reports it, before the old listener is closed, when nothing tells us
+/// where a SYN that left the plug just before the hold is: a kernel without
+/// the softnet backlog column, a CPU whose backlog was not seen empty yet,
+/// an ifb's queue (`--ingress`), which no counter shows. The hold's own
 /// bound (`--hold-limit`) caps the whole wait.
-const SETTLE: Duration = Duration::from_millis(5);
+pub const SETTLE_BLIND: Duration = Duration::from_millis(5);
+/// The same once every CPU's receive backlog was seen empty since the hold
+/// began (see `softnet`): none, one quiet look is enough. The backlogs are
+/// read before sock_diag is asked, so a SYN that leaves a backlog between
+/// the two is a handshake by the time sock_diag looks; only one inside the
+/// microseconds of its own processing is unseen.
+pub const SETTLE_SEEN: Duration = Duration::ZERO;
 
 pub struct Options {
     pub command: Vec<String>,
@@ -52,6 +59,9 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// The longest one hold may last.
     pub hold_limit: Duration,
+    /// How long quiet must last before a close (`SETTLE_SEEN` or
+    /// `SETTLE_BLIND`).
+    pub settle: Duration,
 }
 
 /// What the steps share: options, the strategy, the kernel's answers.
@@ -84,6 +94,9 @@ enum Started {
 /// What closing a generation's listeners did.
 struct Closed {
     held: Option<Duration>,
+    /// Of the held time, how much passed before the signal (the wait for
+    /// half-open handshakes to settle).
+    before_signal: Option<Duration>,
     /// Its listeners left the group within the bound.
     left: bool,
 }
@@ -247,9 +260,24 @@ impl Ctx {
     async fn wait_no_half_open(&mut self, end: Instant) -> Result<(), Error> {
         let start = Instant::now();
         let mut quiet_since = None;
+        // Per CPU: its backlog was seen empty since the hold began.
+        let mut drained: Vec<bool> = Vec::new();
         loop {
             let now = Instant::now();
+            // In this order: see the comment on SETTLE_SEEN.
+            let backlogs = crate::softnet::backlogs().map_err(Error::Softnet)?;
             let open = self.diag.half_open(self.opts.port)?;
+            let seen = match backlogs {
+                Some(b) => {
+                    drained.resize(b.len(), false);
+                    for (d, len) in drained.iter_mut().zip(b) {
+                        *d |= len == 0;
+                    }
+                    drained.iter().all(|d| *d)
+                }
+                None => false,
+            };
+            let settle = if seen { self.opts.settle } else { SETTLE_BLIND };
             let since = match open {
                 0 => *quiet_since.get_or_insert(now),
                 _ => {
@@ -257,7 +285,7 @@ impl Ctx {
                     now
                 }
             };
-            if open == 0 && now.duration_since(since) >= SETTLE {
+            if open == 0 && now.duration_since(since) >= settle {
                 return Ok(());
             }
             if now >= end {
@@ -317,6 +345,7 @@ impl Ctx {
             gen.stopping_since.get_or_insert_with(Instant::now);
             return Ok(Closed {
                 held: None,
+                before_signal: None,
                 left: true,
             });
         }
@@ -339,6 +368,7 @@ impl Ctx {
             gen.stopping_since.get_or_insert_with(Instant::now);
             return Ok(Closed {
                 held: None,
+                before_signal: None,
                 left: true,
             });
         }
@@ -349,8 +379,10 @@ impl Ctx {
             } else {
                 self.opts.drain_timeout
             };
+        let mut held_at = Instant::now();
         if hold {
             self.swap.hold()?;
+            held_at = Instant::now();
             let mut settled = self.wait_no_half_open(end).await;
             if settled.is_ok() && signal == libc::SIGKILL {
                 settled = self.wait_idle(gen, end).await;
@@ -360,11 +392,16 @@ impl Ctx {
                 return Err(e);
             }
         }
+        let before_signal = hold.then(|| held_at.elapsed());
         gen.signal(signal);
         gen.stopping_since.get_or_insert_with(Instant::now);
         let left = self.wait_left(gen, end).await;
         let held = if hold { self.swap.release()? } else { None };
-        Ok(Closed { held, left: left? })
+        Ok(Closed {
+            held,
+            before_signal,
+            left: left?,
+        })
     }
 }
 
@@ -522,10 +559,13 @@ impl Supervisor {
         self.retire(old, closed.as_ref().ok());
         let closed = closed.map_err(failed)?;
         Ok(format!(
-            "reload #{number}: ok, PID {old_pid} -> {} | up {} | held {}{} | total {} [{}]",
+            "reload #{number}: ok, PID {old_pid} -> {} | up {} | held {}{}{} | total {} [{}]",
             self.current.pid,
             ms(t_up),
             opt_ms(closed.held),
+            closed
+                .before_signal
+                .map_or(String::new(), |d| format!(" ({} before the signal)", ms(d))),
             if closed.left {
                 ""
             } else {

@@ -54,6 +54,10 @@ struct RunArgs {
     /// A progress line on stderr.
     #[arg(long)]
     progress: bool,
+    /// The path every request asks for (reuse-server: `/delay/MS` answers
+    /// after MS milliseconds).
+    #[arg(long, default_value = "/")]
+    path: String,
 }
 
 fn main() -> ExitCode {
@@ -105,6 +109,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         opts.rate = Some(r);
     }
     opts.keepalive = args.keepalive;
+    opts.path = args.path;
     opts.progress = args.progress;
     opts.record = args.tsv.is_some();
     let r = loadgen::run(&opts);

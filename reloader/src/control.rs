@@ -1,12 +1,17 @@
 //! The control socket: `reloader reload` asks the running supervisor for a
-//! reload and waits for the outcome. A unix stream socket, mode 0600, whose
-//! peer must be our own user (or root).
+//! reload and waits for the outcome; `reloader status` asks what it is
+//! doing. A unix stream socket, mode 0600, whose peer must be our own user
+//! (or root). One request line (`reload` or `status`), one reply line
+//! (`ok: ...` or `error: ...`; a status is JSON after `ok: `).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::report::Report;
 
 /// A reload asked for over the socket, with where to send its outcome.
 pub type Request = oneshot::Sender<Result<String, String>>;
@@ -26,8 +31,9 @@ pub fn default_path() -> PathBuf {
     }
 }
 
-/// Binds the socket (replacing a stale one) and forwards each request.
-pub fn serve(path: &Path) -> std::io::Result<mpsc::Receiver<Request>> {
+/// Binds the socket (replacing a stale one), forwards each reload request
+/// and answers status requests from `report`.
+pub fn serve(path: &Path, report: Arc<Report>) -> std::io::Result<mpsc::Receiver<Request>> {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::remove_file(path);
     // Created with a restrictive umask so there is no window at a wider mode.
@@ -44,29 +50,49 @@ pub fn serve(path: &Path) -> std::io::Result<mpsc::Receiver<Request>> {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let tx = tx.clone();
+            let report = report.clone();
             tokio::spawn(async move {
-                let _ = handle(stream, tx, me).await;
+                let _ = handle(stream, tx, me, report).await;
             });
         }
     });
     Ok(rx)
 }
 
-async fn handle(stream: UnixStream, tx: mpsc::Sender<Request>, me: u32) -> std::io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    tx: mpsc::Sender<Request>,
+    me: u32,
+    report: Arc<Report>,
+) -> std::io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
     // The request is read before any answer, refusals included: a client
     // whose request is still unread when we close would see EPIPE instead
     // of the reason. One line, at most 256 bytes.
-    let mut line = String::new();
-    BufReader::new(read.take(256)).read_line(&mut line).await?;
-    if uid != me && uid != 0 {
-        write
-            .write_all(b"error: permission denied (not the reloader's user)\n")
-            .await?;
-        return Ok(());
-    }
-    let reply = match line.trim() {
+    let mut input = BufReader::new(read);
+    let mut raw = Vec::new();
+    (&mut input).take(256).read_until(b'\n', &mut raw).await?;
+    // Not UTF-8 is not a request either: answered like any unknown one.
+    let line = String::from_utf8_lossy(&raw);
+    let reply = if uid != me && uid != 0 {
+        "error: permission denied (not the reloader's user)\n".to_string()
+    } else {
+        answer(line.trim(), tx, report).await
+    };
+    write.write_all(reply.as_bytes()).await?;
+    write.shutdown().await?;
+    // Input left unread at close makes the kernel reset the connection, and
+    // the client would lose the reply: read what remains, within bounds.
+    let (mut rest, mut sink) = (input.take(64 * 1024), tokio::io::sink());
+    let drained = tokio::io::copy(&mut rest, &mut sink);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drained).await;
+    Ok(())
+}
+
+/// The reply line to one request.
+async fn answer(request: &str, tx: mpsc::Sender<Request>, report: Arc<Report>) -> String {
+    match request {
         "reload" => {
             let (done, outcome) = oneshot::channel();
             if tx.send(done).await.is_err() {
@@ -79,13 +105,26 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<Request>, me: u32) -> std::
                 }
             }
         }
-        other => format!("error: unknown request {other:?}\n"),
-    };
-    write.write_all(reply.as_bytes()).await
+        // The kernel is asked off this thread: a status never delays a hold.
+        "status" => match tokio::task::spawn_blocking(move || report.status()).await {
+            Ok(Ok(status)) => format!(
+                "ok: {}\n",
+                serde_json::to_string(&status).expect("plain data serializes")
+            ),
+            Ok(Err(e)) => format!("error: {e}\n"),
+            Err(e) => format!("error: {e}\n"),
+        },
+        other => format!(
+            "error: unknown request {:?} (reload or status)\n",
+            other.chars().take(64).collect::<String>()
+        ),
+    }
 }
 
-/// `reloader reload`: asks and reports. `Ok` when the new server took over.
-pub fn request_reload(path: &Path) -> Result<String, String> {
+/// `reloader reload` and `reloader status`: sends `request`, returns the
+/// reply after `ok: `, or the reason. `Ok` for a reload when the new server
+/// took over.
+pub fn ask(path: &Path, request: &str) -> Result<String, String> {
     use std::io::{BufRead, Write};
     let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
         format!(
@@ -93,7 +132,8 @@ pub fn request_reload(path: &Path) -> Result<String, String> {
             path.display()
         )
     })?;
-    s.write_all(b"reload\n").map_err(|e| e.to_string())?;
+    s.write_all(format!("{request}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
     let mut line = String::new();
     std::io::BufReader::new(s)
         .read_line(&mut line)
@@ -102,5 +142,84 @@ pub fn request_reload(path: &Path) -> Result<String, String> {
     match line.strip_prefix("ok: ") {
         Some(msg) => Ok(msg.to_string()),
         None => Err(line.strip_prefix("error: ").unwrap_or(line).to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::{Read, Write};
+
+    /// A control socket served from a runtime on its own thread.
+    fn served() -> (PathBuf, std::sync::mpsc::Receiver<()>) {
+        let dir = std::env::temp_dir().join(format!(
+            "reloader-control-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctl.sock");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (asked_tx, asked_rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut rx = serve(&p, Report::new("none", Vec::new())).unwrap();
+                ready_tx.send(()).unwrap();
+                while let Some(reply) = rx.recv().await {
+                    asked_tx.send(()).unwrap();
+                    let _ = reply.send(Err("not in this test".into()));
+                }
+            });
+        });
+        ready_rx.recv().unwrap();
+        (path, asked_rx)
+    }
+
+    fn send(path: &Path, bytes: &[u8]) -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+        let _ = s.write_all(bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Any bytes that are not a request get one `error:` line and start
+        /// nothing; the supervisor is never asked.
+        #[test]
+        fn malformed_requests_get_one_error_line_and_change_nothing(
+            bytes in proptest::collection::vec(any::<u8>(), 0..400)
+        ) {
+            static SOCKET: std::sync::OnceLock<(PathBuf, std::sync::Mutex<std::sync::mpsc::Receiver<()>>)> =
+                std::sync::OnceLock::new();
+            let (path, asked) = SOCKET.get_or_init(|| {
+                let (p, rx) = served();
+                (p, std::sync::Mutex::new(rx))
+            });
+            let head = &bytes[..bytes.len().min(256)];
+            let first_line = head.split(|b| *b == b'\n').next().unwrap_or(&[]);
+            let word = String::from_utf8_lossy(first_line);
+            prop_assume!(!matches!(word.trim(), "reload" | "status"));
+            let reply = send(path, &bytes);
+            prop_assert!(reply.starts_with("error: "), "{reply:?}");
+            prop_assert_eq!(reply.matches('\n').count(), 1, "{:?}", reply);
+            prop_assert!(asked.lock().unwrap().try_recv().is_err(), "a reload was asked for");
+        }
+    }
+
+    #[test]
+    fn a_reload_request_reaches_the_supervisor() {
+        let (path, asked) = served();
+        let reply = send(&path, b"reload\n");
+        assert_eq!(reply, "error: not in this test\n");
+        asked.try_recv().expect("the supervisor was asked");
     }
 }

@@ -70,13 +70,13 @@ pub enum Refusal {
 /// A reload that did not replace the serving generation.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    #[error("reload #{number}: rolled back: {why}; PID {old} keeps serving (held {held})")]
+    #[error("reload #{number}: rolled back: {why}; PID {old} keeps serving (held {})", crate::supervisor::opt_ms(*held))]
     RolledBack {
         number: u64,
         pid: u32,
         why: Refusal,
         old: u32,
-        held: String,
+        held: Option<Duration>,
     },
     #[error("reload #{number}: {source}")]
     Failed {

@@ -7,9 +7,12 @@ mod generation;
 mod handoff;
 mod health;
 mod listeners;
+mod logging;
+mod metrics;
 mod notify;
 mod owner;
 mod privs;
+mod report;
 mod service;
 mod softnet;
 mod supervisor;
@@ -42,13 +45,24 @@ struct Cli {
 enum Cmd {
     /// Start COMMAND and keep one healthy generation serving; reload on
     /// SIGHUP, on `reloader reload`, or every --every.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Ask the running supervisor to reload; exits 0 when the new server
     /// took over, 1 with the reason when it rolled back.
     Reload {
         /// The supervisor's control socket.
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
+    },
+    /// Show what the running supervisor is doing: strategy, serving
+    /// generation, reloads, the last reload's timings and held time, and
+    /// the plug's state as the kernel reports it.
+    Status {
+        /// The supervisor's control socket.
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// One JSON object (stable field names) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// (internal) Set LISTEN_PID to our own PID and exec COMMAND: how
     /// `--strategy handoff` gives a server sockets libsystemd accepts.
@@ -106,9 +120,17 @@ struct RunArgs {
     /// Refuse to start when the plug tree is missing instead of setting it up.
     #[arg(long)]
     no_setup: bool,
-    /// Control socket for `reloader reload`.
+    /// Control socket for `reloader reload` and `reloader status`.
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+    /// Serve Prometheus metrics on ADDR (`GET /metrics`): reloads by
+    /// outcome, reload duration and held time, the plug's kernel counters.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// text: `reloader: ...` lines for a person; json: one object per line,
+    /// with fields (event, number, held_ms, ...), for a log pipeline.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: logging::LogFormat,
     /// The server command and its arguments (run directly, no shell).
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -168,9 +190,30 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Reload { control } => {
             let path = control.unwrap_or_else(control::default_path);
-            match control::request_reload(&path) {
+            match control::ask(&path, "reload") {
                 Ok(msg) => {
                     println!("{msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    eprintln!("reloader: {why}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Status { control, json } => {
+            let path = control.unwrap_or_else(control::default_path);
+            let status = control::ask(&path, "status").and_then(|reply| {
+                serde_json::from_str::<report::Status>(&reply)
+                    .map_err(|e| format!("unreadable status from the reloader ({e}): {reply}"))
+            });
+            match status {
+                Ok(s) if json => {
+                    println!("{}", serde_json::to_string(&s).expect("plain data"));
+                    ExitCode::SUCCESS
+                }
+                Ok(s) => {
+                    print!("{s}");
                     ExitCode::SUCCESS
                 }
                 Err(why) => {
@@ -185,6 +228,7 @@ fn main() -> ExitCode {
             ExitCode::from(127)
         }
         Cmd::Run(args) => {
+            logging::init(args.log_format);
             // Capability sets are per thread: restrict before the runtime exists.
             let restricted = match args.strategy {
                 Strategy::Plug => {
@@ -221,7 +265,7 @@ fn main() -> ExitCode {
                 .build();
             match rt
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(run(args)))
+                .and_then(|rt| rt.block_on(run(*args)))
             {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -333,8 +377,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(url) => health::Check::from_url(url).map_err(anyhow::Error::msg)?,
         None => health::Check::Pid(args.addr[0]),
     };
+    let plug_devs = match args.strategy {
+        Strategy::Plug => std::iter::once(args.dev.clone())
+            .chain(args.ingress.iter().map(|d| qdisc::ifb_of(d)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let report = report::Report::new(swap.name(), plug_devs);
+    if let Some(addr) = args.metrics {
+        let bound = metrics::serve(addr, report.clone())
+            .with_context(|| format!("metrics endpoint {addr}"))?;
+        log(&format!("metrics on http://{bound}/metrics"));
+    }
     let control_path = args.control.clone().unwrap_or_else(control::default_path);
-    let mut requests = control::serve(&control_path)
+    let mut requests = control::serve(&control_path, report.clone())
         .with_context(|| format!("control socket {}", control_path.display()))?;
     let notify_path = PathBuf::from(format!("{}.notify", control_path.display()));
     let notify = notify::Notify::bind(&notify_path)
@@ -361,6 +417,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     };
     let mut sup = Supervisor::start(opts, swap, notify).await?;
+    report.serving(&sup.current);
     service::ready(&format!("serving: PID {}", sup.current.pid));
     log(&format!(
         "serving; strategy {:?}; reload with SIGHUP or `reloader reload --control {}`",
@@ -379,6 +436,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             _ = tokio::time::sleep(REAP_EVERY), if sup.draining() => {
                 sup.reap().await;
+                report.sigkilled(sup.sigkills);
                 continue;
             }
             _ = hup.recv() => None,
@@ -396,15 +454,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         if let (Some(sleep), Some(d)) = (every.as_mut(), args.every) {
             sleep.as_mut().reset(tokio::time::Instant::now() + d);
         }
+        report.sigkilled(sup.sigkills);
         match &outcome {
-            Ok(line) => {
+            Ok(r) => {
                 ok += 1;
-                log(line);
+                let held_ms = r.held.map(|d| d.as_secs_f64() * 1e3);
+                tracing::info!(
+                    event = "reload",
+                    number = r.number,
+                    outcome = "ok",
+                    old_pid = r.old_pid,
+                    new_pid = r.new_pid,
+                    up_ms = r.up.as_secs_f64() * 1e3,
+                    held_ms,
+                    total_ms = r.total.as_secs_f64() * 1e3,
+                    strategy = r.strategy,
+                    "{r}"
+                );
+                report.reloaded(r, &sup.current);
                 service::ready(&format!("serving: PID {}; last reload ok", sup.current.pid));
             }
             Err(e) => {
                 failed += 1;
-                log(&e.to_string());
+                let (number, outcome) = match e {
+                    error::ReloadError::RolledBack { number, .. } => (*number, "rolled back"),
+                    error::ReloadError::Failed { number, .. } => (*number, "failed"),
+                };
+                tracing::warn!(event = "reload", number, outcome, "{e}");
+                report.not_reloaded(e);
                 service::ready(&format!(
                     "serving: PID {}; last reload failed: {e}",
                     sup.current.pid
@@ -412,7 +489,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
         if let Some(reply) = reply {
-            let _ = reply.send(outcome.map_err(|e| e.to_string()));
+            let _ = reply.send(outcome.map(|r| r.to_string()).map_err(|e| e.to_string()));
         }
     };
     service::stopping();

@@ -81,6 +81,8 @@ pub struct Supervisor {
     /// Old generations out of the group, draining.
     retiring: Vec<Generation>,
     next: u64,
+    /// Generations SIGKILLed at the drain deadline so far.
+    pub sigkills: u64,
 }
 
 /// How a new generation came up.
@@ -101,16 +103,58 @@ struct Closed {
     left: bool,
 }
 
+/// A reload that replaced the serving generation; its `Display` is the
+/// log line.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    pub number: u64,
+    pub old_pid: u32,
+    pub new_pid: u32,
+    /// Start to joined and healthy.
+    pub up: Duration,
+    /// How long new connections were held (`None`: nothing was held).
+    pub held: Option<Duration>,
+    pub before_signal: Option<Duration>,
+    /// The old listeners left within the hold limit.
+    pub left: bool,
+    pub total: Duration,
+    pub strategy: &'static str,
+}
+
+impl std::fmt::Display for Reloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "reload #{}: ok, PID {} -> {} | up {} | held {}{}{} | total {} [{}]",
+            self.number,
+            self.old_pid,
+            self.new_pid,
+            ms(self.up),
+            opt_ms(self.held),
+            self.before_signal
+                .map_or(String::new(), |d| format!(" ({} before the signal)", ms(d))),
+            if self.left {
+                ""
+            } else {
+                " (hold limit reached: old listener still open, SIGKILL at the drain timeout)"
+            },
+            ms(self.total),
+            self.strategy,
+        )
+    }
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1e3)
 }
 
-fn opt_ms(d: Option<Duration>) -> String {
+pub fn opt_ms(d: Option<Duration>) -> String {
     d.map_or("-".into(), ms)
 }
 
+/// One line for the operator (an event without fields; see `logging`).
 pub fn log(msg: &str) {
-    eprintln!("reloader: {msg}");
+    tracing::info!("{msg}");
 }
 
 /// Whether `net.ipv4.tcp_migrate_req` is on in our network namespace (the
@@ -432,6 +476,7 @@ impl Supervisor {
             pending: None,
             retiring: Vec::new(),
             next: 2,
+            sigkills: 0,
         };
         let t = Instant::now();
         match Self::bring_up(&mut sup.ctx, &mut sup.current).await {
@@ -509,9 +554,9 @@ impl Supervisor {
         }
     }
 
-    /// One reload. `Ok` with the log line when the new generation took over;
+    /// One reload. `Ok` with what it did when the new generation took over;
     /// `Err` with the reason when it rolled back (the old one still serves).
-    pub async fn reload(&mut self) -> Result<String, ReloadError> {
+    pub async fn reload(&mut self) -> Result<Reloaded, ReloadError> {
         self.reap().await;
         let t0 = Instant::now();
         let number = self.next;
@@ -547,7 +592,7 @@ impl Supervisor {
                 pid,
                 why,
                 old: old_pid,
-                held: opt_ms(held),
+                held,
             });
         }
 
@@ -558,31 +603,31 @@ impl Supervisor {
         let old = std::mem::replace(&mut self.current, new);
         self.retire(old, closed.as_ref().ok());
         let closed = closed.map_err(failed)?;
-        Ok(format!(
-            "reload #{number}: ok, PID {old_pid} -> {} | up {} | held {}{}{} | total {} [{}]",
-            self.current.pid,
-            ms(t_up),
-            opt_ms(closed.held),
-            closed
-                .before_signal
-                .map_or(String::new(), |d| format!(" ({} before the signal)", ms(d))),
-            if closed.left {
-                ""
-            } else {
-                " (hold limit reached: old listener still open, SIGKILL at the drain timeout)"
-            },
-            ms(t0.elapsed()),
-            self.ctx.swap.name(),
-        ))
+        Ok(Reloaded {
+            number,
+            old_pid,
+            new_pid: self.current.pid,
+            up: t_up,
+            held: closed.held,
+            before_signal: closed.before_signal,
+            left: closed.left,
+            total: t0.elapsed(),
+            strategy: self.ctx.swap.name(),
+        })
     }
 
     /// Keeps a stopped generation until it exits (see `reap`).
     fn retire(&mut self, mut gen: Generation, closed: Option<&Closed>) {
         if closed.is_some_and(|c| !c.left) {
-            log(&format!(
+            tracing::warn!(
+                event = "hold_limit",
+                generation = gen.number,
+                pid = gen.pid,
                 "generation {} PID {}: still listening after the hold limit ({:?}); released the hold, it will be SIGKILLed at the drain timeout",
-                gen.number, gen.pid, self.ctx.opts.hold_limit
-            ));
+                gen.number,
+                gen.pid,
+                self.ctx.opts.hold_limit
+            );
         }
         gen.stopping_since.get_or_insert_with(Instant::now);
         self.retiring.push(gen);
@@ -608,15 +653,24 @@ impl Supervisor {
                 let mut gen = self.retiring.swap_remove(i);
                 let closed = self.ctx.close(&mut gen, libc::SIGKILL).await;
                 let _ = gen.wait().await;
-                log(&format!(
+                tracing::warn!(
+                    event = "sigkill",
+                    generation = gen.number,
+                    pid = gen.pid,
+                    held_ms = closed
+                        .as_ref()
+                        .ok()
+                        .and_then(|c| c.held)
+                        .map(|d| d.as_secs_f64() * 1e3),
                     "generation {} PID {}: SIGKILLed at the drain timeout ({drain:?}); held {}",
                     gen.number,
                     gen.pid,
-                    match closed {
+                    match &closed {
                         Ok(c) => opt_ms(c.held),
                         Err(e) => format!("- ({e})"),
                     }
-                ));
+                );
+                self.sigkills += 1;
                 continue;
             }
             i += 1;

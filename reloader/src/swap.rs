@@ -37,11 +37,52 @@ pub trait Swap {
 /// releases. The hold's timing is the plugs' own (`qdisc::Plug`).
 pub struct PlugSwap {
     plugs: Vec<Plug>,
+    /// Each plug's kernel drop counter when last looked at (after a release).
+    drops: Vec<Option<u32>>,
 }
 
 impl PlugSwap {
     pub fn new(plugs: Vec<Plug>) -> PlugSwap {
-        PlugSwap { plugs }
+        let drops = vec![None; plugs.len()];
+        let mut swap = PlugSwap { plugs, drops };
+        swap.check_drops();
+        swap
+    }
+
+    /// A plug drops what exceeds its limit while it holds (the clients
+    /// retry their SYN about 1 s later): asked of the kernel after each
+    /// release, when no client waits on us, and logged when it grew.
+    fn check_drops(&mut self) {
+        for (p, last) in self.plugs.iter().zip(self.drops.iter_mut()) {
+            match qdisc::status(p.dev()).map(|s| s.plug.map(|x| x.drops)) {
+                Ok(Some(now)) => {
+                    if let Some(before) = *last {
+                        if now > before {
+                            tracing::warn!(
+                                event = "plug_overflow",
+                                dev = p.dev(),
+                                dropped = now - before,
+                                "the plug on {} dropped {} SYN(s) over its limit during the hold; their clients retry in about 1 s (raise `qdisc setup --limit`)",
+                                p.dev(),
+                                now - before
+                            );
+                        }
+                    }
+                    *last = Some(now);
+                }
+                Ok(None) => {
+                    tracing::warn!("the plug on {} is gone from the kernel", p.dev());
+                    *last = None;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot read the drop counter of the plug on {}: {e}",
+                        p.dev()
+                    );
+                    *last = None;
+                }
+            }
+        }
     }
 }
 
@@ -79,7 +120,10 @@ impl Swap for PlugSwap {
         }
         match failed {
             Some(e) => Err(e),
-            None => Ok(held),
+            None => {
+                self.check_drops();
+                Ok(held)
+            }
         }
     }
 }

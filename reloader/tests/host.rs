@@ -267,3 +267,115 @@ fn systemd_units_verify() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `reloader status --json`, the metrics endpoint and the JSON log agree
+/// on what happened (3 reloads ok, 1 rolled back) and on who serves, which
+/// is the PID that answers on the port.
+#[test]
+fn status_metrics_and_json_log_agree() {
+    let Some(server) = server() else {
+        return testkit::skip("reuse-server not built: run `cargo test --workspace`");
+    };
+    in_netns("status and metrics", move || {
+        let dir = std::env::temp_dir().join(format!("reloader-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ctl = dir.join("ctl.sock");
+        let flag = dir.join("fail-next");
+        let cmd = format!(
+            "if [ -e {} ]; then exit 7; fi; exec {}",
+            flag.display(),
+            server.display()
+        );
+        let mut r = Proc::spawn(
+            Command::new(RELOADER)
+                .args(["run", "--strategy", "none", "--ready-timeout", "3s"])
+                .args(["--metrics", "127.0.0.1:9464", "--log-format", "json"])
+                .arg("--control")
+                .arg(&ctl)
+                .args(["--", "sh", "-c", &cmd]),
+        )
+        .unwrap();
+        assert!(
+            r.wait_line("serving; strategy", Duration::from_secs(10))
+                .is_some(),
+            "{:?}",
+            r.log
+        );
+        let run = |args: &[&str]| {
+            Command::new(RELOADER)
+                .args(args)
+                .arg("--control")
+                .arg(&ctl)
+                .output()
+                .unwrap()
+        };
+        for _ in 0..3 {
+            assert!(run(&["reload"]).status.success());
+        }
+        std::fs::write(&flag, b"").unwrap();
+        assert!(!run(&["reload"]).status.success(), "should roll back");
+        std::fs::remove_file(&flag).unwrap();
+
+        let out = run(&["status", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let answering: u32 = loadgen::http::try_get(
+            "127.0.0.1:7000".parse().unwrap(),
+            "/",
+            Duration::from_secs(2),
+        )
+        .unwrap()
+        .1
+        .trim()
+        .parse()
+        .unwrap();
+        assert_eq!(status["serving"]["pid"], answering, "{status}");
+        assert_eq!(status["serving"]["generation"], 4, "{status}");
+        assert_eq!(status["reloads"]["ok"], 3, "{status}");
+        assert_eq!(status["reloads"]["rolled_back"], 1, "{status}");
+        assert_eq!(status["last_reload"]["outcome"], "rolled back", "{status}");
+        assert!(
+            status["last_reload"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("exited (exit status: 7)"),
+            "{status}"
+        );
+        let human = String::from_utf8(run(&["status"]).stdout).unwrap();
+        assert!(human.contains("reloads: 3 ok, 1 rolled back"), "{human}");
+        assert!(human.contains(&format!("PID {answering}")), "{human}");
+
+        let (code, metrics) = loadgen::http::try_get(
+            "127.0.0.1:9464".parse().unwrap(),
+            "/metrics",
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{metrics}");
+        for line in [
+            "reloader_reloads_total{outcome=\"ok\"} 3".to_string(),
+            "reloader_reloads_total{outcome=\"rolled_back\"} 1".to_string(),
+            format!("reloader_serving_pid {answering}"),
+            "reloader_held_seconds_count 3".to_string(),
+        ] {
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "no {line:?} in\n{metrics}"
+            );
+        }
+
+        r.signal(libc::SIGTERM);
+        assert!(r.wait_exit(Duration::from_secs(10)).is_some());
+        let log = r.drain_log().to_vec();
+        let events: Vec<serde_json::Value> = log
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v["event"] == "reload")
+            .collect();
+        let count = |outcome: &str| events.iter().filter(|e| e["outcome"] == outcome).count();
+        assert_eq!(count("ok"), 3, "{log:?}");
+        assert_eq!(count("rolled back"), 1, "{log:?}");
+        assert!(events.iter().all(|e| e["number"].is_u64()), "{events:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}

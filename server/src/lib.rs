@@ -22,6 +22,18 @@ pub use serve::{serve, DrainReport, ServeOptions};
 /// never receives a client connection.
 pub const GATE_ENV: &str = "RELOADER_GATE";
 
+/// `eprintln!` in one `write()`: generations and their supervisor share one
+/// stderr, and `eprintln!` writes a line in pieces that another process's
+/// line can land between.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }};
+}
+
 /// Prefix for every log line: the binary name and our PID, so the lines of
 /// two generations sharing one stderr can be told apart.
 pub fn log_prefix() -> String {

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let prefix = server::log_prefix();
     let fail = |msg: String| {
-        eprintln!("{prefix}: error: {msg}");
+        server::say!("{prefix}: error: {msg}");
         ExitCode::from(2)
     };
     if !(cli.drain_timeout.is_finite() && cli.drain_timeout >= 0.0) {
@@ -126,12 +126,12 @@ fn main() -> ExitCode {
             // that we keep serving, and its successor adopts us).
             set_parent_death_signal(libc::SIGTERM);
             if std::os::unix::process::parent_id() == 1 {
-                eprintln!("{prefix}: exit (the supervisor is gone before we joined)");
+                server::say!("{prefix}: exit (the supervisor is gone before we joined)");
                 return ExitCode::SUCCESS;
             }
-            eprintln!("{prefix}: bound, waiting to join; health check on {}", check.addr);
+            server::say!("{prefix}: bound, waiting to join; health check on {}", check.addr);
             if let Err(e) = notify::gate(check.addr) {
-                eprintln!("{prefix}: warning: NOTIFY_SOCKET: cannot send the gate: {e}");
+                server::say!("{prefix}: warning: NOTIFY_SOCKET: cannot send the gate: {e}");
             }
             let mut join = false;
             let decided = async {
@@ -146,7 +146,7 @@ fn main() -> ExitCode {
                 return fail(format!("cannot serve the health check: {e}"));
             }
             if !join {
-                eprintln!("{prefix}: exit (stopped before joining)");
+                server::say!("{prefix}: exit (stopped before joining)");
                 return ExitCode::SUCCESS;
             }
             set_parent_death_signal(0);
@@ -155,19 +155,19 @@ fn main() -> ExitCode {
             }
         }
         for l in &listeners {
-            eprintln!("{prefix}: listening on {l}");
+            server::say!("{prefix}: listening on {l}");
         }
         // The sockets are listening already (bind + listen happened above),
         // so the kernel queues connections from this point on.
         if let Err(e) = notify::ready() {
-            eprintln!("{prefix}: warning: NOTIFY_SOCKET: cannot send READY=1: {e}");
+            server::say!("{prefix}: warning: NOTIFY_SOCKET: cannot send READY=1: {e}");
         }
         let shutdown = async {
             let name = tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
             };
-            eprintln!("{prefix}: draining ({name})");
+            server::say!("{prefix}: draining ({name})");
         };
         let served = server::serve(listeners, shutdown, opts);
         // The handlers for SIGTERM and SIGINT stay installed through the
@@ -175,20 +175,20 @@ fn main() -> ExitCode {
         tokio::select! {
             report = served => match report {
                 Ok(r) => {
-                    eprintln!(
+                    server::say!(
                         "{prefix}: drained in {} ms ({} connections, {} from the accept queue{})",
                         r.elapsed.as_millis(),
                         r.connections,
                         r.from_queue,
                         if r.cut > 0 { format!(", {} cut at the drain timeout", r.cut) } else { String::new() },
                     );
-                    eprintln!("{prefix}: exit");
+                    server::say!("{prefix}: exit");
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(format!("cannot serve: {e}")),
             },
             _ = quit.recv() => {
-                eprintln!("{prefix}: exit (SIGQUIT: connections cut)");
+                server::say!("{prefix}: exit (SIGQUIT: connections cut)");
                 ExitCode::from(3)
             }
         }

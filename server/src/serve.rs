@@ -149,7 +149,7 @@ async fn accept_loop(
                 // EMFILE, ECONNABORTED and the like concern one connection or a
                 // moment; the listener itself is fine.
                 Err(e) => {
-                    eprintln!("{}: accept: {e}", crate::log_prefix());
+                    crate::say!("{}: accept: {e}", crate::log_prefix());
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },

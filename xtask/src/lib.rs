@@ -5,6 +5,7 @@
 //! - [`initramfs`]: the guest's root file system; [`cpio`] packs it.
 //! - [`build`]: static builds of the project's binaries for the guest.
 //! - [`bench`]: `bench` and `demo`, the seed's experiment reproduced.
+//! - [`soak`]: the long run under reloading, leaks and zombies watched.
 //! - [`tasks`]: `setup-qdiscs`, `bench-plug`.
 //! - [`exec`]: running external tools with errors that name the command.
 
@@ -14,6 +15,7 @@ pub mod cpio;
 pub mod exec;
 pub mod initramfs;
 pub mod provision;
+pub mod soak;
 pub mod tasks;
 pub mod vm;
 

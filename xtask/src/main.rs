@@ -27,6 +27,9 @@ enum Task {
     Demo(xtask::bench::DemoArgs),
     /// The same for each concurrency and strategy, in one table.
     Bench(xtask::bench::BenchArgs),
+    /// The long run: every strategy under reloading and a mixed load, the
+    /// reloader's RSS, fds and children sampled; fails on any leak or loss.
+    Soak(xtask::soak::SoakArgs),
     /// Median plug+release cost in-process vs spawning tc, host and VM
     /// (ARGS go to plug-bench: --iterations N --spawns N).
     BenchPlug {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Task::SetupQdiscs { args } => xtask::tasks::setup_qdiscs(&args).map(|()| ExitCode::SUCCESS),
         Task::Demo(a) => xtask::bench::demo(a).map(|()| ExitCode::SUCCESS),
         Task::Bench(a) => xtask::bench::bench(a).map(|()| ExitCode::SUCCESS),
+        Task::Soak(a) => xtask::soak::soak(a).map(|()| ExitCode::SUCCESS),
         Task::BenchPlug { args } => xtask::tasks::bench_plug(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {

@@ -194,6 +194,20 @@ fn guest_remote_none_c32_has_failures() {
     );
 }
 
+/// `reloader status --json`, `--metrics` and the log agree under reloading
+/// every 100 ms; scraping every 100 ms fails nothing.
+#[test]
+fn guest_reloader_status_and_metrics_agree_with_the_log() {
+    scenario_with("reloader-observe", &["2000"], Duration::from_secs(900));
+}
+
+/// A burst over the plug's limit while it holds: dropped SYNs counted by
+/// the kernel and logged by the reloader; the clients retry and nothing fails.
+#[test]
+fn guest_plug_overflow_is_counted_logged_and_survived() {
+    scenario_with("plug-overflow", &[], Duration::from_secs(600));
+}
+
 #[test]
 fn guest_reloader_refuses_without_sock_diag() {
     scenario("reloader-nodiag");

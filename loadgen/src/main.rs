@@ -28,6 +28,18 @@ enum Cmd {
     /// REQUESTS requests (or for SECS), CONC at a time, each on a new
     /// connection unless -k. Prints a summary; exits 1 if any failed.
     Run(RunArgs),
+    /// What a monitoring system does: `GET PATH` every --every for -d SECS,
+    /// from this one process, any 200 body accepted. Prints one line per
+    /// scrape (`ok` or `failed: why`) and a count; exits 1 if any failed.
+    Scrape {
+        addr: SocketAddr,
+        #[arg(default_value = "/metrics")]
+        path: String,
+        #[arg(long, value_name = "MS", default_value_t = 100)]
+        every: u64,
+        #[arg(short = 'd', value_name = "SECS")]
+        duration: f64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -63,6 +75,12 @@ struct RunArgs {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Get { addr, path } => get(addr, &path),
+        Cmd::Scrape {
+            addr,
+            path,
+            every,
+            duration,
+        } => scrape(addr, &path, Duration::from_millis(every), duration),
         Cmd::Run(args) => match run(args) {
             Ok(code) => code,
             Err(e) => {
@@ -70,6 +88,40 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+fn scrape(addr: SocketAddr, path: &str, every: Duration, secs: f64) -> ExitCode {
+    let end = std::time::Instant::now() + Duration::from_secs_f64(secs.max(0.0));
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut example = None;
+    while std::time::Instant::now() < end {
+        let why = match loadgen::try_get(addr, path, Duration::from_secs(5)) {
+            Ok((200, _)) => None,
+            Ok((status, _)) => Some(format!("status {status}")),
+            Err(e) => Some(e.to_string()),
+        };
+        match why {
+            None => {
+                ok += 1;
+                println!("ok");
+            }
+            Some(why) => {
+                failed += 1;
+                println!("failed: {why}");
+                example.get_or_insert(why);
+            }
+        }
+        std::thread::sleep(every);
+    }
+    println!("scrapes={} ok={ok} failed={failed}", ok + failed);
+    if let Some(e) = example {
+        println!("example failure: {e}");
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

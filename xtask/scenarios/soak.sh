@@ -9,10 +9,13 @@
 set -u
 MINUTES=$1 STRATEGIES=$2
 OUT=${RESULTS:-/results}
+mkdir -p $OUT
 fail() { echo "SOAK-FAIL: $*"; tail -20 /tmp/soak-$s.log 2>/dev/null; exit 1; }
 qdisc setup --port 7000 > /dev/null || fail "qdisc setup"
 n=$(echo $STRATEGIES | wc -w)
 SECS=$((MINUTES * 60 / n))
+# Every 10 s, or more often in a short run: at least 12 samples.
+STEP=$((SECS / 12)); [ $STEP -gt 10 ] && STEP=10; [ $STEP -lt 2 ] && STEP=2
 echo "SOAK-INFO kernel $(uname -r) cpus $(nproc); $SECS s per strategy: $STRATEGIES"
 field() { sed -n "s/^$1:[[:space:]]*\([0-9]*\).*/\1/p" /proc/$2/status; }
 zombie_pids() { grep -l '^State:[[:space:]]*Z' /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3; }
@@ -46,7 +49,7 @@ for s in $STRATEGIES; do
         row="$t	$(field VmRSS $R)	$(ls /proc/$R/fd | wc -l)	$(field Threads $R)	$kids	$ZS	${drops:--}	$reloads"
         echo "$row" >> $OUT/soak-$s.tsv
         echo "SOAK $s $row"
-        sleep 10; t=$((t + 10))
+        sleep $STEP; t=$((t + STEP))
     done
     for l in $L; do wait $l; done
     kill -TERM $R; wait $R; rc=$?
@@ -66,15 +69,17 @@ for s in $STRATEGIES; do
     sleep 1
     count_zombies
     [ "$ZS" = 0 ] || fail "$s: zombies left after the reloader exited: $now"
-    # Levelled off: the last third's peak no higher than the middle third's
-    # (fds exactly; RSS within 5%, allocator noise).
+    # Levelled off: the last third's peak no higher than the middle third's,
+    # within what a moment holds (fds: up to 4 more, the sockets and pidfds
+    # of generations still draining; RSS: 5%, allocator noise). A leak of
+    # one fd per reload would add hundreds.
     awk -F'\t' -v s=$s 'NR > 1 { n++; rss[n] = $2; fd[n] = $3; z += $6 }
         END {
             a = int(n / 3); b = int(2 * n / 3);
             for (i = a + 1; i <= b; i++) { if (rss[i] > mr) mr = rss[i]; if (fd[i] > mf) mf = fd[i] }
             for (i = b + 1; i <= n; i++) { if (rss[i] > lr) lr = rss[i]; if (fd[i] > lf) lf = fd[i] }
             printf "SOAK-GROWTH %s: RSS peak %d kB (middle third) -> %d kB (last third); fds %d -> %d; zombie samples %d\n", s, mr, lr, mf, lf, z
-            exit !(n >= 6 && lr <= mr * 1.05 && lf <= mf && z == 0)
+            exit !(n >= 6 && lr <= mr * 1.05 && lf <= mf + 4 && z == 0)
         }' $OUT/soak-$s.tsv || fail "$s: the reloader still grows, or zombies were seen (see soak-$s.tsv)"
 done
 sync

@@ -208,6 +208,18 @@ fn guest_plug_overflow_is_counted_logged_and_survived() {
     scenario_with("plug-overflow", &[], Duration::from_secs(600));
 }
 
+/// The CI soak (`cargo xtask soak` runs it longer): two minutes of
+/// reloading every 100 ms under a mixed load, plug, migrate and handoff in
+/// turn; no failed request, no zombie, no leftover server, no growth.
+#[test]
+fn guest_soak_two_minutes() {
+    scenario_with(
+        "soak",
+        &["2", "plug migrate handoff"],
+        Duration::from_secs(900),
+    );
+}
+
 #[test]
 fn guest_reloader_refuses_without_sock_diag() {
     scenario("reloader-nodiag");

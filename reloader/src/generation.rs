@@ -21,6 +21,39 @@ enum Proc {
     Child(Child),
     /// Not our child: its pidfd (readable once it has exited).
     Adopted(AsyncFd<OwnedFd>),
+    /// A process played by a unit test (see `Script`).
+    #[cfg(test)]
+    Scripted(std::sync::Arc<std::sync::Mutex<Script>>),
+}
+
+/// A fake process for the supervisor's unit tests: what it owns, the
+/// signals it got, and when it exits.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct Script {
+    pub sockets: BTreeSet<u32>,
+    /// Its wait status once it has exited (`exit(3)` code).
+    pub exit_code: Option<i32>,
+    pub signals: Vec<i32>,
+    /// It exits (code 0, its sockets closed) on this signal; SIGKILL always.
+    pub exits_on: Option<i32>,
+}
+
+#[cfg(test)]
+impl Generation {
+    pub fn scripted(
+        number: u64,
+        pid: u32,
+        script: std::sync::Arc<std::sync::Mutex<Script>>,
+    ) -> Generation {
+        Generation {
+            number,
+            pid,
+            proc: Proc::Scripted(script),
+            listeners: BTreeSet::new(),
+            stopping_since: None,
+        }
+    }
 }
 
 /// How a generation ended.
@@ -122,6 +155,15 @@ impl Generation {
                     }
                 }
             }
+            #[cfg(test)]
+            Proc::Scripted(s) => {
+                let mut s = s.lock().unwrap();
+                s.signals.push(sig);
+                if s.exit_code.is_none() && (sig == libc::SIGKILL || s.exits_on == Some(sig)) {
+                    s.exit_code = Some(0);
+                    s.sockets.clear();
+                }
+            }
             Proc::Adopted(fd) => {
                 // SAFETY: pidfd_send_signal on our pidfd; the kernel refuses
                 // (ESRCH) once the process has exited, never hits another.
@@ -158,6 +200,11 @@ impl Generation {
                 let n = unsafe { libc::poll(&mut p, 1, 0) };
                 (n > 0).then_some(Exit::Gone)
             }
+            #[cfg(test)]
+            Proc::Scripted(s) => s.lock().unwrap().exit_code.map(|c| {
+                use std::os::unix::process::ExitStatusExt;
+                Exit::Status(ExitStatus::from_raw(c << 8))
+            }),
         }
     }
 
@@ -170,12 +217,23 @@ impl Generation {
                 let _ = fd.readable().await.map(|mut g| g.retain_ready());
                 Some(Exit::Gone)
             }
+            #[cfg(test)]
+            Proc::Scripted(_) => loop {
+                if let Some(e) = self.exited() {
+                    return Some(e);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            },
         }
     }
 
     /// The socket inodes among its open files (`/proc/PID/fd`). A process
     /// that has exited owns none.
     pub fn sockets(&self) -> std::io::Result<BTreeSet<u32>> {
+        #[cfg(test)]
+        if let Proc::Scripted(s) = &self.proc {
+            return Ok(s.lock().unwrap().sockets.clone());
+        }
         owned_sockets(self.pid)
     }
 

@@ -17,6 +17,20 @@ pub enum Check {
     Pid(SocketAddr),
     /// `GET path` on this address must answer 2xx (from the new PID, if it says).
     Url { addr: SocketAddr, path: String },
+    /// A check played by a unit test: called with the new PID.
+    #[cfg(test)]
+    Scripted(Scripted),
+}
+
+#[cfg(test)]
+#[derive(Clone)]
+pub struct Scripted(pub std::sync::Arc<dyn Fn(u32) -> Result<(), Failed> + Send + Sync>);
+
+#[cfg(test)]
+impl std::fmt::Debug for Scripted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scripted")
+    }
 }
 
 impl Check {
@@ -49,6 +63,8 @@ impl Check {
         let (addr, path) = match self {
             Check::Pid(a) => (*a, "/"),
             Check::Url { addr, path } => (*addr, path.as_str()),
+            #[cfg(test)]
+            Check::Scripted(f) => return (f.0)(pid),
         };
         let addr = at.unwrap_or(addr);
         let other = |text: String| Failed {
@@ -81,6 +97,8 @@ impl Check {
                 Some(p) if p != pid => fail(format!("answered by PID {p}, not the new {pid}")),
                 _ => Ok(()),
             },
+            #[cfg(test)]
+            Check::Scripted(_) => unreachable!("answered above"),
         }
     }
 }

@@ -6,6 +6,7 @@ mod error;
 mod generation;
 mod handoff;
 mod health;
+mod kernel;
 mod listeners;
 mod logging;
 mod metrics;
@@ -153,7 +154,7 @@ fn why_strategy(args: &RunArgs, handoff: Option<&handoff::Handoff>) -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|r| r.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into());
-    let migrate = match supervisor::migrate_req() {
+    let migrate = match kernel::migrate_req() {
         Ok(true) => "tcp_migrate_req=1",
         Ok(false) => "tcp_migrate_req=0",
         Err(_) => "tcp_migrate_req unreadable",
@@ -402,7 +403,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     log(&why_strategy(&args, handoff.as_ref()));
     let opts = Options {
-        command: args.command.clone(),
         handoff,
         port: args.addr[0].port(),
         check,
@@ -416,7 +416,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             supervisor::SETTLE_BLIND
         },
     };
-    let mut sup = Supervisor::start(opts, swap, notify).await?;
+    let kernel = Box::new(kernel::Real::open()?);
+    let spawn = Box::new(kernel::Argv(args.command.clone()));
+    let mut sup = Supervisor::start(opts, swap, kernel, spawn, notify).await?;
     report.serving(&sup.current);
     service::ready(&format!("serving: PID {}", sup.current.pid));
     log(&format!(
@@ -434,7 +436,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 break Err(anyhow::anyhow!("server PID {} exited on its own ({})", sup.current.pid,
                     status.map_or("unknown status".into(), |s| s.to_string())));
             }
-            _ = tokio::time::sleep(REAP_EVERY), if sup.draining() => {
+            _ = tokio::time::sleep(REAP_EVERY), if sup.needs_tending() => {
                 sup.reap().await;
                 report.sigkilled(sup.sigkills);
                 continue;

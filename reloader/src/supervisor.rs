@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Refusal, ReloadError};
 use crate::generation::Generation;
 use crate::health::Check;
-use crate::listeners::Listeners;
+use crate::kernel::{Kernel, Spawn};
 use crate::notify::{Note, Notify};
 use crate::swap::Swap;
 
@@ -50,7 +50,6 @@ pub const SETTLE_BLIND: Duration = Duration::from_millis(5);
 pub const SETTLE_SEEN: Duration = Duration::ZERO;
 
 pub struct Options {
-    pub command: Vec<String>,
     /// The sockets every generation gets (`--strategy handoff`).
     pub handoff: Option<crate::handoff::Handoff>,
     pub port: u16,
@@ -64,11 +63,13 @@ pub struct Options {
     pub settle: Duration,
 }
 
-/// What the steps share: options, the strategy, the kernel's answers.
+/// What the steps share: options, the strategy, the kernel's answers, how
+/// a generation is started, what generations say.
 struct Ctx {
     opts: Options,
     swap: Box<dyn Swap>,
-    diag: Listeners,
+    kernel: Box<dyn Kernel>,
+    spawn: Box<dyn Spawn>,
     notify: Notify,
 }
 
@@ -157,20 +158,10 @@ pub fn log(msg: &str) {
     tracing::info!("{msg}");
 }
 
-/// Whether `net.ipv4.tcp_migrate_req` is on in our network namespace (the
-/// server's). Absent (Linux < 5.14) means off.
-pub fn migrate_req() -> Result<bool, Error> {
-    match std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req") {
-        Ok(s) => Ok(s.trim() == "1"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::Sysctl(e)),
-    }
-}
-
 impl Ctx {
     /// Listeners on our port (IPv4 and IPv6). A failed query is an error.
     fn listening(&mut self) -> Result<BTreeSet<u32>, Error> {
-        Ok(self.diag.on_port(self.opts.port)?)
+        self.kernel.on_port(self.opts.port)
     }
 
     /// `gen`'s listeners in the group: sock_diag's listeners that are among
@@ -309,8 +300,8 @@ impl Ctx {
         loop {
             let now = Instant::now();
             // In this order: see the comment on SETTLE_SEEN.
-            let backlogs = crate::softnet::backlogs().map_err(Error::Softnet)?;
-            let open = self.diag.half_open(self.opts.port)?;
+            let backlogs = self.kernel.backlogs()?;
+            let open = self.kernel.half_open(self.opts.port)?;
             let seen = match backlogs {
                 Some(b) => {
                     drained.resize(b.len(), false);
@@ -349,7 +340,7 @@ impl Ctx {
     /// no request. New ones are held meanwhile.
     async fn wait_idle(&mut self, gen: &Generation, end: Instant) -> Result<(), Error> {
         while Instant::now() < end {
-            let est = self.diag.established(self.opts.port)?;
+            let est = self.kernel.established(self.opts.port)?;
             let own = gen.sockets().map_err(|source| Error::Proc {
                 pid: gen.pid,
                 source,
@@ -416,7 +407,7 @@ impl Ctx {
                 left: true,
             });
         }
-        let hold = self.swap.protects() && !migrate_req()?;
+        let hold = self.swap.protects() && !self.kernel.migrate_req()?;
         let end = Instant::now()
             + if hold {
                 self.opts.hold_limit
@@ -451,17 +442,23 @@ impl Ctx {
 
 impl Supervisor {
     /// Starts the first generation and waits until it is healthy.
-    pub async fn start(opts: Options, swap: Box<dyn Swap>, notify: Notify) -> Result<Self, Error> {
-        let mut diag = Listeners::open()?;
+    pub async fn start(
+        opts: Options,
+        swap: Box<dyn Swap>,
+        mut kernel: Box<dyn Kernel>,
+        mut spawn: Box<dyn Spawn>,
+        notify: Notify,
+    ) -> Result<Self, Error> {
         // Ask once now: a kernel without tcp_diag must stop us here, not
         // make every reload unprotected.
-        let found = diag.on_port(opts.port)?;
+        let found = kernel.on_port(opts.port)?;
         // Generations a killed reloader left serving: adopted now, retired
         // with the same protocol once ours serves, so exactly one remains.
         let orphans = Self::adopt_orphans(&found)?;
-        let first = Generation::spawn(1, &opts.command, &notify.path, opts.handoff.as_ref())
+        let first = spawn
+            .spawn(1, &notify.path, opts.handoff.as_ref())
             .map_err(|source| Error::Spawn {
-                command: opts.command[0].clone(),
+                command: spawn.name().to_owned(),
                 source,
             })?;
         log(&format!("generation 1: started PID {}", first.pid));
@@ -469,7 +466,8 @@ impl Supervisor {
             ctx: Ctx {
                 opts,
                 swap,
-                diag,
+                kernel,
+                spawn,
                 notify,
             },
             current: first,
@@ -566,18 +564,16 @@ impl Supervisor {
         while self.ctx.notify.notes.try_recv().is_ok() {}
 
         let failed = |source: Error| ReloadError::Failed { number, source };
-        let spawned = Generation::spawn(
-            number,
-            &self.ctx.opts.command,
-            &self.ctx.notify.path,
-            self.ctx.opts.handoff.as_ref(),
-        )
-        .map_err(|source| {
-            failed(Error::Spawn {
-                command: self.ctx.opts.command[0].clone(),
-                source,
-            })
-        })?;
+        let ctx = &mut self.ctx;
+        let spawned = ctx
+            .spawn
+            .spawn(number, &ctx.notify.path, ctx.opts.handoff.as_ref())
+            .map_err(|source| {
+                failed(Error::Spawn {
+                    command: ctx.spawn.name().to_owned(),
+                    source,
+                })
+            })?;
         let new = self.pending.insert(spawned);
         let up = Self::bring_up(&mut self.ctx, new).await;
         let t_up = t0.elapsed();
@@ -633,14 +629,28 @@ impl Supervisor {
         self.retiring.push(gen);
     }
 
-    /// Whether old generations are still draining.
-    pub fn draining(&self) -> bool {
-        !self.retiring.is_empty()
+    /// Whether `reap` has work: old generations draining, or a plug a
+    /// failed release left holding.
+    pub fn needs_tending(&self) -> bool {
+        !self.retiring.is_empty() || self.ctx.swap.holding()
     }
 
     /// Reaps drained generations; SIGKILLs those past the drain timeout,
     /// holding for the instant if one still listens.
     pub async fn reap(&mut self) {
+        if self.ctx.swap.holding() {
+            match self.ctx.swap.release() {
+                Ok(held) => tracing::warn!(
+                    event = "release_retried",
+                    "released the hold a failed release had left (held {})",
+                    opt_ms(held)
+                ),
+                Err(e) => tracing::error!(
+                    event = "release_failed",
+                    "new connections are still held: release failed again: {e}"
+                ),
+            }
+        }
         let drain = self.ctx.opts.drain_timeout;
         let mut i = 0;
         while i < self.retiring.len() {
@@ -705,5 +715,438 @@ impl Supervisor {
         }
         self.retiring.clear();
         self.ctx.swap.release_quietly();
+    }
+}
+
+/// The reload protocol against fakes: scripted processes, a scripted
+/// kernel, a strategy that records what it was asked. Every error path of
+/// `reload()`, in milliseconds, without a VM.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generation::Script;
+    use crate::health::{Failed, Scripted};
+    use crate::listeners::DiagError;
+    use std::sync::{Arc, Mutex};
+
+    /// What the fakes share; the test sets it and reads it back.
+    #[derive(Default)]
+    struct World {
+        /// Every process started so far, by PID.
+        procs: Vec<(u32, Arc<Mutex<Script>>)>,
+        /// The next generation to start.
+        next: Option<Script>,
+        /// What the strategy was asked, in order ("hold", "release").
+        swap: Vec<&'static str>,
+        fail_release: bool,
+        /// The plug holds (held, and no release succeeded since).
+        holding: bool,
+        fail_diag: bool,
+        fail_half_open: bool,
+        /// The check of the new server: Ok, a failure, or it dies.
+        check: CheckPlay,
+    }
+
+    #[derive(Default, Clone, Copy, PartialEq)]
+    enum CheckPlay {
+        #[default]
+        Pass,
+        Answer503,
+        Die,
+    }
+
+    type W = Arc<Mutex<World>>;
+
+    struct FakeKernel(W);
+    impl Kernel for FakeKernel {
+        /// Listening: the sockets of every process alive.
+        fn on_port(&mut self, _: u16) -> Result<BTreeSet<u32>, Error> {
+            let w = self.0.lock().unwrap();
+            if w.fail_diag {
+                return Err(
+                    DiagError::Kernel(std::io::Error::from_raw_os_error(libc::ENOENT)).into(),
+                );
+            }
+            Ok(w.procs
+                .iter()
+                .flat_map(|(_, s)| s.lock().unwrap().sockets.clone())
+                .collect())
+        }
+        fn half_open(&mut self, _: u16) -> Result<usize, Error> {
+            match self.0.lock().unwrap().fail_half_open {
+                true => Err(DiagError::Io(std::io::Error::from_raw_os_error(libc::ENOBUFS)).into()),
+                false => Ok(0),
+            }
+        }
+        fn established(&mut self, _: u16) -> Result<Vec<u32>, Error> {
+            Ok(Vec::new())
+        }
+        fn backlogs(&mut self) -> Result<Option<Vec<u64>>, Error> {
+            Ok(Some(vec![0, 0]))
+        }
+        fn migrate_req(&mut self) -> Result<bool, Error> {
+            Ok(false)
+        }
+    }
+
+    struct FakeSpawn(W);
+    impl Spawn for FakeSpawn {
+        fn name(&self) -> &str {
+            "fake-server"
+        }
+        fn spawn(
+            &mut self,
+            number: u64,
+            _: &std::path::Path,
+            _: Option<&crate::handoff::Handoff>,
+        ) -> std::io::Result<Generation> {
+            let mut w = self.0.lock().unwrap();
+            let script = Arc::new(Mutex::new(w.next.take().expect("a scripted generation")));
+            let pid = 1000 + number as u32;
+            w.procs.push((pid, script.clone()));
+            Ok(Generation::scripted(number, pid, script))
+        }
+    }
+
+    struct FakeSwap(W);
+    impl Swap for FakeSwap {
+        fn holding(&self) -> bool {
+            self.0.lock().unwrap().holding
+        }
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn protects(&self) -> bool {
+            true
+        }
+        fn hold(&mut self) -> Result<(), qdisc::Error> {
+            let mut w = self.0.lock().unwrap();
+            w.swap.push("hold");
+            w.holding = true;
+            Ok(())
+        }
+        fn release(&mut self) -> Result<Option<Duration>, qdisc::Error> {
+            let mut w = self.0.lock().unwrap();
+            w.swap.push("release");
+            w.holding &= w.fail_release;
+            match w.fail_release {
+                true => Err(qdisc::Error::Kernel {
+                    op: "release plug 40: on lo".into(),
+                    object: qdisc::Object::Qdisc("plug"),
+                    errno: libc::EINVAL,
+                    text: None,
+                }),
+                false => Ok(Some(Duration::from_millis(1))),
+            }
+        }
+    }
+
+    /// A server that listens on `socket` and exits on SIGTERM.
+    fn server(socket: u32) -> Script {
+        Script {
+            sockets: [socket].into(),
+            exits_on: Some(libc::SIGTERM),
+            ..Script::default()
+        }
+    }
+
+    /// A supervisor whose generation 1 (PID 1001, listener 101) serves.
+    fn supervisor(w: &W) -> Supervisor {
+        let first = Arc::new(Mutex::new(server(101)));
+        w.lock().unwrap().procs.push((1001, first.clone()));
+        let play = w.clone();
+        let check = Check::Scripted(Scripted(Arc::new(move |pid| {
+            let w = play.lock().unwrap();
+            match w.check {
+                CheckPlay::Pass => Ok(()),
+                CheckPlay::Answer503 => Err(Failed {
+                    by_new: true,
+                    text: "the new server answered 503".into(),
+                }),
+                CheckPlay::Die => {
+                    let (_, s) = w.procs.iter().find(|(p, _)| *p == pid).unwrap();
+                    let mut s = s.lock().unwrap();
+                    s.exit_code = Some(1);
+                    s.sockets.clear();
+                    Err(Failed {
+                        by_new: false,
+                        text: "connection refused".into(),
+                    })
+                }
+            }
+        })));
+        let (_tx, notes) = tokio::sync::mpsc::unbounded_channel();
+        Supervisor {
+            ctx: Ctx {
+                opts: Options {
+                    handoff: None,
+                    port: 7000,
+                    check,
+                    ready_timeout: Duration::from_millis(100),
+                    drain_timeout: Duration::from_millis(150),
+                    hold_limit: Duration::from_millis(50),
+                    settle: SETTLE_SEEN,
+                },
+                swap: Box::new(FakeSwap(w.clone())),
+                kernel: Box::new(FakeKernel(w.clone())),
+                spawn: Box::new(FakeSpawn(w.clone())),
+                notify: Notify {
+                    path: "/nonexistent".into(),
+                    notes,
+                },
+            },
+            current: Generation::scripted(1, 1001, first),
+            pending: None,
+            retiring: Vec::new(),
+            next: 2,
+            sigkills: 0,
+        }
+    }
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn signals(w: &W, pid: u32) -> Vec<i32> {
+        let w = w.lock().unwrap();
+        let (_, s) = w.procs.iter().find(|(p, _)| *p == pid).unwrap();
+        let v = s.lock().unwrap().signals.clone();
+        v
+    }
+
+    fn world(next: Script) -> W {
+        Arc::new(Mutex::new(World {
+            next: Some(next),
+            ..World::default()
+        }))
+    }
+
+    #[test]
+    fn a_reload_holds_only_the_old_listeners_close() {
+        let w = world(server(102));
+        let mut sup = supervisor(&w);
+        let r = run(sup.reload()).expect("reload ok");
+        assert_eq!((r.old_pid, r.new_pid, r.left), (1001, 1002, true));
+        assert_eq!(sup.current.pid, 1002);
+        assert_eq!(w.lock().unwrap().swap, ["hold", "release"]);
+        assert_eq!(signals(&w, 1001), [libc::SIGTERM]);
+        assert!(signals(&w, 1002).is_empty(), "the new server was signalled");
+        assert!(r.held.is_some());
+    }
+
+    #[test]
+    fn a_new_server_that_exits_at_once_rolls_back_and_holds_nothing() {
+        let w = world(Script {
+            exit_code: Some(7),
+            ..Script::default()
+        });
+        let mut sup = supervisor(&w);
+        let e = run(sup.reload()).expect_err("rolled back");
+        assert!(
+            matches!(
+                &e,
+                ReloadError::RolledBack {
+                    why: Refusal::Exited { pid: 1002, .. },
+                    old: 1001,
+                    held: None,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(sup.current.pid, 1001);
+        assert!(
+            w.lock().unwrap().swap.is_empty(),
+            "held for a server never in the group"
+        );
+        assert!(signals(&w, 1001).is_empty(), "the old server was signalled");
+    }
+
+    #[test]
+    fn a_new_server_that_never_binds_rolls_back_at_the_ready_timeout() {
+        let w = world(Script {
+            exits_on: Some(libc::SIGTERM),
+            ..Script::default()
+        });
+        let mut sup = supervisor(&w);
+        let e = run(sup.reload()).expect_err("rolled back");
+        assert!(
+            matches!(
+                &e,
+                ReloadError::RolledBack {
+                    why: Refusal::NoBind { pid: 1002, .. },
+                    held: None,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(signals(&w, 1002), [libc::SIGTERM]);
+        assert!(w.lock().unwrap().swap.is_empty());
+        assert!(signals(&w, 1001).is_empty());
+        assert_eq!(sup.current.pid, 1001);
+    }
+
+    #[test]
+    fn a_failed_check_rolls_back_holding_only_the_new_servers_close() {
+        let w = world(server(102));
+        w.lock().unwrap().check = CheckPlay::Answer503;
+        let mut sup = supervisor(&w);
+        let e = run(sup.reload()).expect_err("rolled back");
+        assert!(
+            matches!(
+                &e,
+                ReloadError::RolledBack {
+                    why: Refusal::Unhealthy { pid: 1002, .. },
+                    held: Some(_),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("answered 503"), "{e}");
+        // It had joined the group: its close is held like any other.
+        assert_eq!(w.lock().unwrap().swap, ["hold", "release"]);
+        assert_eq!(signals(&w, 1002), [libc::SIGTERM]);
+        assert!(signals(&w, 1001).is_empty());
+        assert_eq!(sup.current.pid, 1001);
+    }
+
+    #[test]
+    fn a_new_server_that_dies_during_its_check_rolls_back() {
+        let w = world(server(102));
+        w.lock().unwrap().check = CheckPlay::Die;
+        let mut sup = supervisor(&w);
+        let e = run(sup.reload()).expect_err("rolled back");
+        assert!(
+            matches!(
+                &e,
+                ReloadError::RolledBack {
+                    why: Refusal::Exited { pid: 1002, .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("before it was healthy"), "{e}");
+        assert!(
+            w.lock().unwrap().swap.is_empty(),
+            "nothing left the group but the dead"
+        );
+        assert_eq!(sup.current.pid, 1001);
+    }
+
+    #[test]
+    fn a_failed_sock_diag_query_fails_the_reload_and_keeps_the_new_server_supervised() {
+        let w = world(server(102));
+        w.lock().unwrap().fail_diag = true;
+        let mut sup = supervisor(&w);
+        let e = run(sup.reload()).expect_err("failed");
+        assert!(
+            matches!(
+                &e,
+                ReloadError::Failed {
+                    source: Error::Diag(DiagError::Kernel(_)),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // Never taken as "no listeners": nothing was held or signalled on
+        // that basis, and the new server is not dropped unsupervised.
+        assert!(w.lock().unwrap().swap.is_empty());
+        assert!(signals(&w, 1001).is_empty());
+        assert_eq!(sup.current.pid, 1001);
+        assert!(
+            sup.retiring.iter().any(|g| g.pid == 1002),
+            "the new server was let go"
+        );
+    }
+
+    #[test]
+    fn a_failed_release_is_an_error_not_a_success() {
+        let w = world(server(102));
+        w.lock().unwrap().fail_release = true;
+        let mut sup = supervisor(&w);
+        let e = run(sup.reload()).expect_err("failed");
+        assert!(
+            matches!(
+                &e,
+                ReloadError::Failed {
+                    source: Error::Plug(_),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(w.lock().unwrap().swap, ["hold", "release"]);
+        // The old one left the group: the new one serves, the old one drains.
+        assert_eq!(sup.current.pid, 1002);
+        assert!(sup.retiring.iter().any(|g| g.pid == 1001));
+        // Not left holding: the next tending retries until the kernel agrees.
+        assert!(sup.needs_tending());
+        run(sup.reap());
+        assert_eq!(w.lock().unwrap().swap, ["hold", "release", "release"]);
+        w.lock().unwrap().fail_release = false;
+        run(sup.reap());
+        assert_eq!(
+            w.lock().unwrap().swap,
+            ["hold", "release", "release", "release"]
+        );
+        assert!(!w.lock().unwrap().holding);
+    }
+
+    #[test]
+    fn a_failed_half_open_query_releases_before_failing() {
+        let w = world(server(102));
+        w.lock().unwrap().fail_half_open = true;
+        let mut sup = supervisor(&w);
+        let e = run(sup.reload()).expect_err("failed");
+        assert!(
+            matches!(
+                &e,
+                ReloadError::Failed {
+                    source: Error::Diag(DiagError::Io(_)),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // Never left holding; the old server was not closed blind.
+        assert_eq!(w.lock().unwrap().swap, ["hold", "release"]);
+        assert!(signals(&w, 1001).is_empty());
+    }
+
+    #[test]
+    fn an_old_server_deaf_to_sigterm_is_held_at_most_the_limit_then_killed() {
+        let w = world(server(102));
+        let mut sup = supervisor(&w);
+        // Generation 1 ignores SIGTERM.
+        w.lock().unwrap().procs[0].1.lock().unwrap().exits_on = None;
+        let t = Instant::now();
+        let r = run(sup.reload()).expect("reload ok");
+        assert!(!r.left, "the deaf server cannot have left");
+        assert!(
+            t.elapsed() < Duration::from_millis(50 + 100),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(w.lock().unwrap().swap, ["hold", "release"]);
+        // At the drain timeout: SIGKILL, held again for that instant.
+        run(async {
+            tokio::time::sleep(Duration::from_millis(160)).await;
+            sup.reap().await;
+        });
+        assert_eq!(signals(&w, 1001), [libc::SIGTERM, libc::SIGKILL]);
+        assert_eq!(sup.sigkills, 1);
+        assert_eq!(
+            w.lock().unwrap().swap,
+            ["hold", "release", "hold", "release"]
+        );
+        assert!(sup.retiring.is_empty());
     }
 }

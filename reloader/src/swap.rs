@@ -26,6 +26,11 @@ pub trait Swap {
     fn release(&mut self) -> Result<Option<Duration>, qdisc::Error> {
         Ok(None)
     }
+    /// Whether new connections are held now (a release that failed leaves
+    /// them held; the supervisor retries until one succeeds).
+    fn holding(&self) -> bool {
+        false
+    }
     /// Best effort release for error and exit paths; never fails.
     fn release_quietly(&mut self) {
         let _ = self.release();
@@ -93,6 +98,10 @@ impl Swap for PlugSwap {
 
     fn protects(&self) -> bool {
         true
+    }
+
+    fn holding(&self) -> bool {
+        self.plugs.iter().any(|p| p.is_buffering())
     }
 
     /// All or none: a plug that cannot buffer releases those that did.

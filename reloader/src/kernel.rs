@@ -1,0 +1,98 @@
+//! What the supervisor asks of the world, as two small traits, so the
+//! reload protocol can run against fakes in unit tests (`supervisor::tests`):
+//!
+//! - [`Kernel`]: the kernel's answers (sock_diag, the receive backlogs,
+//!   `tcp_migrate_req`). [`Real`] asks the kernel.
+//! - [`Spawn`]: starting a generation. [`Argv`] runs the server command.
+//!
+//! The strategy is the third ([`crate::swap::Swap`]).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::error::Error;
+use crate::generation::Generation;
+use crate::handoff::Handoff;
+use crate::listeners::Listeners;
+
+pub trait Kernel {
+    /// Inodes of the listening sockets on `port`, both families.
+    fn on_port(&mut self, port: u16) -> Result<BTreeSet<u32>, Error>;
+    /// Handshakes to `port` that are half done.
+    fn half_open(&mut self, port: u16) -> Result<usize, Error>;
+    /// Inodes of established connections to `port` (0: still queued).
+    fn established(&mut self, port: u16) -> Result<Vec<u32>, Error>;
+    /// Each CPU's receive backlog, `None` when the kernel does not say.
+    fn backlogs(&mut self) -> Result<Option<Vec<u64>>, Error>;
+    /// Whether `net.ipv4.tcp_migrate_req` is on in our network namespace.
+    fn migrate_req(&mut self) -> Result<bool, Error>;
+}
+
+pub trait Spawn {
+    /// What is started, for messages.
+    fn name(&self) -> &str;
+    fn spawn(
+        &mut self,
+        number: u64,
+        notify: &Path,
+        handoff: Option<&Handoff>,
+    ) -> std::io::Result<Generation>;
+}
+
+/// The kernel itself.
+pub struct Real {
+    diag: Listeners,
+}
+
+impl Real {
+    pub fn open() -> Result<Real, Error> {
+        Ok(Real {
+            diag: Listeners::open()?,
+        })
+    }
+}
+
+impl Kernel for Real {
+    fn on_port(&mut self, port: u16) -> Result<BTreeSet<u32>, Error> {
+        Ok(self.diag.on_port(port)?)
+    }
+    fn half_open(&mut self, port: u16) -> Result<usize, Error> {
+        Ok(self.diag.half_open(port)?)
+    }
+    fn established(&mut self, port: u16) -> Result<Vec<u32>, Error> {
+        Ok(self.diag.established(port)?)
+    }
+    fn backlogs(&mut self) -> Result<Option<Vec<u64>>, Error> {
+        crate::softnet::backlogs().map_err(Error::Softnet)
+    }
+    fn migrate_req(&mut self) -> Result<bool, Error> {
+        migrate_req()
+    }
+}
+
+/// Whether `net.ipv4.tcp_migrate_req` is on in our network namespace (the
+/// server's). Absent (Linux < 5.14) means off.
+pub fn migrate_req() -> Result<bool, Error> {
+    match std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req") {
+        Ok(s) => Ok(s.trim() == "1"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::Sysctl(e)),
+    }
+}
+
+/// The server command, run by argv (no shell).
+pub struct Argv(pub Vec<String>);
+
+impl Spawn for Argv {
+    fn name(&self) -> &str {
+        &self.0[0]
+    }
+    fn spawn(
+        &mut self,
+        number: u64,
+        notify: &Path,
+        handoff: Option<&Handoff>,
+    ) -> std::io::Result<Generation> {
+        Generation::spawn(number, &self.0, notify, handoff)
+    }
+}

@@ -84,8 +84,8 @@ struct RunArgs {
     addr: Vec<SocketAddr>,
     /// Check this URL instead (http://IP:PORT/PATH must answer 2xx, from the
     /// new server when the response has `x-server-pid`).
-    #[arg(long, value_name = "URL")]
-    health: Option<String>,
+    #[arg(long, value_name = "URL", value_parser = health::Check::from_url)]
+    health: Option<health::Check>,
     /// How long a new server may take to listen and pass its check.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     ready_timeout: Duration,
@@ -375,7 +375,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let check = match &args.health {
-        Some(url) => health::Check::from_url(url).map_err(anyhow::Error::msg)?,
+        Some(check) => check.clone(),
         None => health::Check::Pid(args.addr[0]),
     };
     let plug_devs = match args.strategy {

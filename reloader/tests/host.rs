@@ -379,3 +379,59 @@ fn status_metrics_and_json_log_agree() {
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
+
+/// Bad input on the command line: exit 2, one `error:` line saying what was
+/// wrong (clap may add a tip and the usage), and nothing done: no control
+/// socket, no server started.
+#[test]
+fn bad_flags_get_one_error_line_and_change_nothing() {
+    // In a namespace of its own: a flag checked too late could set up a
+    // plug tree on lo before refusing (seen with --health; now clap's).
+    in_netns("bad flags", bad_flags);
+}
+
+fn bad_flags() {
+    let dir = std::env::temp_dir().join(format!("reloader-badflags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ctl = dir.join("ctl.sock");
+    let ctl = ctl.to_str().unwrap();
+    let marker = dir.join("started");
+    let server = format!("touch {}", marker.display());
+    let cases: &[&[&str]] = &[
+        &["run", "--every", "abc"],
+        &["run", "--every", "-1s"],
+        &["run", "--hold-limit", "1 fortnight"],
+        &["run", "--addr", "localhost:7000"],
+        &["run", "--addr", "127.0.0.1:99999"],
+        &["run", "--strategy", "bogus"],
+        &["run", "--metrics", "nope"],
+        &["run", "--log-format", "xml"],
+        &["run", "--health", "https://127.0.0.1:7000/"],
+        &["run", "--ingress"],
+        &["run", "--no-such-flag"],
+    ];
+    for args in cases {
+        let out = Command::new(RELOADER)
+            .args(*args)
+            .args(["--control", ctl, "--", "sh", "-c", &server])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = err.lines().next().unwrap_or("");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            first.starts_with("error:") || first.starts_with("reloader: error:"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.matches("error:").count(), 1, "{args:?}: {err}");
+        assert!(
+            !std::path::Path::new(ctl).exists(),
+            "{args:?} made the control socket"
+        );
+        assert!(!marker.exists(), "{args:?} started the server");
+    }
+    // No command at all.
+    let out = Command::new(RELOADER).args(["run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -10,6 +10,11 @@
 //! is the receiving process's own PID, which the parent cannot know before
 //! fork. So the child is this binary first (`reloader exec-listen -- CMD`):
 //! it sets `LISTEN_PID` to its own PID and execs CMD, which keeps that PID.
+//!
+//! Socket activation: when the reloader itself is started with sockets
+//! (`LISTEN_FDS` for its own PID: a systemd `.socket` unit), those are the
+//! sockets handed over, and the reloader binds nothing and needs no
+//! capability at all, whatever the port.
 
 use std::io;
 use std::net::SocketAddr;
@@ -59,6 +64,61 @@ impl Handoff {
         })
     }
 
+    /// The listening sockets our own supervisor passed us (`LISTEN_FDS`
+    /// and `LISTEN_PID` = our PID), or `None` when it passed none. Each must
+    /// be a listening TCP socket; anything else is an error naming the fd.
+    pub fn inherited() -> io::Result<Option<Handoff>> {
+        if !activated() {
+            return Ok(None);
+        }
+        let n: RawFd = std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| (1..64).contains(n))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "LISTEN_FDS is not a number of sockets between 1 and 63",
+                )
+            })?;
+        let (mut addrs, mut fds) = (Vec::new(), Vec::new());
+        for fd in LISTEN_FDS_START..LISTEN_FDS_START + n {
+            let bad = |why: String| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("LISTEN_FDS: fd {fd} {why}"),
+                )
+            };
+            // SAFETY: F_DUPFD_CLOEXEC on an fd the supervisor passed us; -1
+            // (EBADF) if it is not open.
+            let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, HIGH_FD) };
+            if high < 0 {
+                return Err(bad(format!("is not open: {}", io::Error::last_os_error())));
+            }
+            // SAFETY: `high` is a new fd that nothing else owns.
+            let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(high) });
+            // SAFETY: fd was passed to us and is now duplicated above; the
+            // low copy would otherwise leak into every generation.
+            unsafe { libc::close(fd) };
+            let listening = socket
+                .is_listener()
+                .map_err(|e| bad(format!("is not a socket: {e}")))?;
+            let addr = socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .filter(|_| socket.r#type().ok() == Some(Type::STREAM));
+            match (listening, addr) {
+                (true, Some(addr)) => {
+                    addrs.push(addr);
+                    fds.push(OwnedFd::from(socket));
+                }
+                _ => return Err(bad("is not a listening TCP socket".into())),
+            }
+        }
+        Ok(Some(Handoff { addrs, fds }))
+    }
+
     /// `LISTEN_FDNAMES`: one name per socket, no colons (`tcp4-7000`).
     pub fn names(&self) -> String {
         self.addrs
@@ -89,6 +149,15 @@ impl Handoff {
             });
         }
     }
+}
+
+/// Whether our own supervisor passed us sockets (`LISTEN_PID` is our PID).
+pub fn activated() -> bool {
+    std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id())
+        && std::env::var_os("LISTEN_FDS").is_some()
 }
 
 /// `reloader exec-listen -- CMD...`: sets `LISTEN_PID` to our own PID and

@@ -246,7 +246,9 @@ fn main() -> ExitCode {
                     ),
                     Err(e) => Err(e.to_string()),
                 },
-                Strategy::Handoff if args.addr.iter().any(|a| a.port() < 1024) => {
+                Strategy::Handoff
+                    if args.addr.iter().any(|a| a.port() < 1024) && !handoff::activated() =>
+                {
                     privs::restrict_to(
                         privs::Capability::CAP_NET_BIND_SERVICE,
                         "listen on a port below 1024",
@@ -352,6 +354,28 @@ fn prepare_ingress(args: &RunArgs, dev: &str) -> anyhow::Result<Plug> {
     open_released(&qdisc::ifb_of(dev))
 }
 
+/// The handoff strategy's sockets: those our own supervisor passed us
+/// (socket activation), which must include `--addr`'s first address (the
+/// watched port, the check), or else ours, bound now.
+fn handoff_sockets(addrs: &[SocketAddr]) -> anyhow::Result<handoff::Handoff> {
+    match handoff::Handoff::inherited().context("the sockets passed by systemd")? {
+        Some(h) => {
+            anyhow::ensure!(
+                h.addrs.contains(&addrs[0]),
+                "systemd passed sockets on {:?}, but --addr {} is not among them: give --addr one of those",
+                h.addrs,
+                addrs[0]
+            );
+            log(&format!(
+                "handoff: serving the sockets systemd passed (LISTEN_FDS): {:?}",
+                h.addrs
+            ));
+            Ok(h)
+        }
+        None => handoff::Handoff::open(addrs, 4096).context("opening the handed-over sockets"),
+    }
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut _owners = Vec::new();
     let swap: Box<dyn Swap> = match args.strategy {
@@ -369,9 +393,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Strategy::None => Box::new(NoSwap),
     };
     let handoff = match args.strategy {
-        Strategy::Handoff => Some(
-            handoff::Handoff::open(&args.addr, 4096).context("opening the handed-over sockets")?,
-        ),
+        Strategy::Handoff => Some(handoff_sockets(&args.addr)?),
         _ => None,
     };
     let check = match &args.health {

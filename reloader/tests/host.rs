@@ -242,22 +242,34 @@ fn systemd_units_verify() {
     let dir = std::env::temp_dir().join(format!("units-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contrib/systemd");
-    for unit in ["reloader.service", "reloader-notify.service"] {
+    let units = [
+        "reloader.service",
+        "reloader-notify.service",
+        "reloader-handoff.service",
+        "reloader-handoff.socket",
+    ];
+    // All written first: the handoff service needs its socket unit beside it.
+    for unit in units {
         let text = std::fs::read_to_string(src.join(unit)).unwrap();
         let text = text
             .replace("/usr/local/bin/reloader", RELOADER)
             .replace("/usr/local/bin/reuse-server", &server.display().to_string());
+        std::fs::write(dir.join(unit), text).unwrap();
+    }
+    for unit in units {
         let path = dir.join(unit);
-        std::fs::write(&path, text).unwrap();
         let out = Command::new(analyze)
             .arg("verify")
             .arg(&path)
+            // The service needs its socket unit: found beside it.
+            .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.display()))
             .output()
             .unwrap();
         let said = String::from_utf8_lossy(&out.stderr).into_owned()
             + &String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{unit}: {said}");
-        let allowed = unit == "reloader.service" && version < 253;
+        // (the socket unit loads its notify-reload service too)
+        let allowed = unit != "reloader-notify.service" && version < 253;
         for line in said.lines().filter(|l| !l.trim().is_empty()) {
             assert!(
                 allowed && line.contains("Failed to parse service type, ignoring: notify-reload"),
@@ -434,4 +446,97 @@ fn bad_flags() {
     let out = Command::new(RELOADER).args(["run"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Socket activation, as systemd does it (`systemd-socket-activate`, from
+/// the systemd package: it listens, and on the first connection starts the
+/// reloader with the socket as fd 3, `LISTEN_FDS=1`, `LISTEN_PID`): the
+/// handoff reloader serves that socket, binds nothing, and reloads on it.
+#[test]
+fn handoff_serves_the_socket_systemd_passes() {
+    let Some(server) = server() else {
+        return testkit::skip("reuse-server not built: run `cargo test --workspace`");
+    };
+    let Some(activate) = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists()) else {
+        return testkit::skip("systemd-socket-activate not installed (apt-get install systemd)");
+    };
+    in_netns("socket activation", move || {
+        let ctl = format!("/tmp/reloader-activate-{}.sock", std::process::id());
+        let mut r = Proc::spawn(
+            Command::new(activate)
+                .args(["-l", "127.0.0.1:7000", "--fdname=tcp4-7000", "-E", "PATH"])
+                .arg(RELOADER)
+                .args(["run", "--strategy", "handoff", "--addr", "127.0.0.1:7000"])
+                .args(["--control", &ctl, "--"])
+                .arg(&server),
+        )
+        .unwrap();
+        let a: std::net::SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        // The first connection starts the reloader; it waits in the
+        // passed socket's queue until generation 1 accepts it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let first = loop {
+            match loadgen::http::try_get(a, "/", Duration::from_secs(20)) {
+                // systemd-socket-activate is not listening yet.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => break other.unwrap(),
+            }
+        };
+        assert_eq!(first.0, 200, "{:?}", r.drain_log());
+        assert!(
+            r.wait_line(
+                "sockets systemd passed (LISTEN_FDS): [127.0.0.1:7000]",
+                Duration::from_secs(5)
+            )
+            .is_some(),
+            "{:?}",
+            r.log
+        );
+        let out = Command::new(RELOADER)
+            .args(["reload", "--control", &ctl])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?} {:?}", r.drain_log());
+        // "reload #2: ok, PID OLD -> NEW | ...": the old one may still take
+        // a connection or two while it starts its drain; then only NEW.
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        let new = said
+            .split("-> ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("the new PID in the reply")
+            .to_string();
+        assert_ne!(new, first.1.trim(), "{said}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (code, pid) = loadgen::http::try_get(a, "/", Duration::from_secs(5)).unwrap();
+            assert_eq!(code, 200);
+            if pid.trim() == new {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "PID {new} never answered"
+            );
+        }
+        assert!(
+            r.drain_log()
+                .iter()
+                .any(|l| l.contains("LISTEN_FDNAMES") || l.contains("tcp4-7000")),
+            "{:?}",
+            r.log
+        );
+        r.signal(libc::SIGTERM);
+        assert!(r.wait_exit(Duration::from_secs(10)).is_some());
+    });
 }

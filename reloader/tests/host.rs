@@ -18,6 +18,16 @@ fn server() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// A `sh -c` server command that exits 7 while `flag` exists (a reload
+/// that must roll back), and is `server` otherwise.
+fn failing_while(flag: &std::path::Path, server: &std::path::Path) -> String {
+    format!(
+        "if [ -e {} ]; then exit 7; fi; exec {}",
+        flag.display(),
+        server.display()
+    )
+}
+
 fn in_netns(name: &str, f: impl FnOnce() + Send + 'static) {
     if let Err(why) = testkit::netns::run(f) {
         testkit::skip(&format!("{name}: {why}"));
@@ -147,12 +157,7 @@ fn reloader_speaks_sd_notify_to_its_own_supervisor() {
             String::from_utf8_lossy(&buf[..n]).into_owned()
         };
         let ctl = dir.join("ctl.sock");
-        // The server command fails while the flag file exists.
-        let cmd = format!(
-            "if [ -e {} ]; then exit 7; fi; exec {}",
-            flag.display(),
-            server.display()
-        );
+        let cmd = failing_while(&flag, &server);
         let mut r = Proc::spawn(
             Command::new(RELOADER)
                 .args([
@@ -293,11 +298,7 @@ fn status_metrics_and_json_log_agree() {
         std::fs::create_dir_all(&dir).unwrap();
         let ctl = dir.join("ctl.sock");
         let flag = dir.join("fail-next");
-        let cmd = format!(
-            "if [ -e {} ]; then exit 7; fi; exec {}",
-            flag.display(),
-            server.display()
-        );
+        let cmd = failing_while(&flag, &server);
         let mut r = Proc::spawn(
             Command::new(RELOADER)
                 .args(["run", "--strategy", "none", "--ready-timeout", "3s"])

@@ -55,20 +55,7 @@ for c in $LOCAL_CONCS; do
 done
 # --- remote clients ---
 case " $CLIENTS " in *" remote "*)
-    IP=/usr/sbin/ip
-    S="$IP netns exec srv"
-    C="$IP netns exec cli"
-    $IP netns add srv && $IP netns add cli || fail "netns"
-    $IP link add veth-s type veth peer name veth-c || fail "veth"
-    $IP link set veth-s netns srv
-    $IP link set veth-c netns cli
-    $S $IP link set lo up
-    $C $IP link set lo up
-    $S $IP addr add 192.0.2.1/24 dev veth-s
-    $C $IP addr add 192.0.2.2/24 dev veth-c
-    $S $IP link set veth-s up
-    $C $IP link set veth-c up
-    $C ping -c 1 -W 5 192.0.2.1 > /dev/null || fail "no path between the namespaces"
+    . "$(dirname "$0")/veth-pair.sh"
     $S qdisc setup > /dev/null || fail "qdisc setup (srv)"
     for c in $CONCS; do
         $S reuse-server --listen 0.0.0.0:7000 2>/tmp/server.log &

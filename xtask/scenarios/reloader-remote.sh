@@ -12,24 +12,7 @@ set -u
 IP=/usr/sbin/ip
 TC=/usr/sbin/tc
 fail() { echo "FAIL: $*"; tail -30 /tmp/remote.log 2>/dev/null; exit 1; }
-S="$IP netns exec srv"
-C="$IP netns exec cli"
-
-$IP netns add srv || fail "netns srv"
-$IP netns add cli || fail "netns cli"
-$IP link add veth-s type veth peer name veth-c || fail "veth"
-$IP link set veth-s netns srv
-$IP link set veth-c netns cli
-$S $IP link set lo up
-$C $IP link set lo up
-$S $IP addr add 192.0.2.1/24 dev veth-s
-$S $IP addr add 2001:db8::1/64 dev veth-s nodad
-$C $IP addr add 192.0.2.2/24 dev veth-c
-$C $IP addr add 2001:db8::2/64 dev veth-c nodad
-$S $IP link set veth-s up
-$C $IP link set veth-c up
-$C ping -c 1 -W 5 192.0.2.1 > /dev/null || fail "no IPv4 path between the namespaces"
-$C ping -c 1 -W 5 2001:db8::1 > /dev/null || fail "no IPv6 path between the namespaces"
+. "$(dirname "$0")/veth-pair.sh"
 
 served() { # $1: output of loadgen run
     sed -n 's/.* failed=\([0-9]*\) .*/\1/p' "$1"

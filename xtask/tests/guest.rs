@@ -220,6 +220,12 @@ fn guest_soak_two_minutes() {
     );
 }
 
+/// The VM has no network card: nothing a test does can leave it.
+#[test]
+fn guest_vm_has_no_network_card() {
+    scenario("vm-isolated");
+}
+
 #[test]
 fn guest_reloader_refuses_without_sock_diag() {
     scenario("reloader-nodiag");

@@ -208,13 +208,17 @@ fn main() -> ExitCode {
                 serde_json::from_str::<report::Status>(&reply)
                     .map_err(|e| format!("unreadable status from the reloader ({e}): {reply}"))
             });
+            // Written, not printed: `reloader status | head -3` closes the
+            // pipe early, which is no error of ours (print! would panic).
+            use std::io::Write as _;
             match status {
                 Ok(s) if json => {
-                    println!("{}", serde_json::to_string(&s).expect("plain data"));
+                    let json = serde_json::to_string(&s).expect("plain data");
+                    let _ = writeln!(std::io::stdout(), "{json}");
                     ExitCode::SUCCESS
                 }
                 Ok(s) => {
-                    print!("{s}");
+                    let _ = write!(std::io::stdout(), "{s}");
                     ExitCode::SUCCESS
                 }
                 Err(why) => {

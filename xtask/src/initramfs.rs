@@ -74,6 +74,21 @@ fi
 unset TERM
 export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 cd /
+if [ -e /xtask-systemd ]; then
+    # The command runs as a service of systemd, which becomes PID 1 here.
+    mkdir -p /etc/systemd/system
+    printf '%s\n' '[Unit]' 'Description=the xtask-vm command' \
+        '[Service]' 'Type=oneshot' 'ExecStart=/bin/sh /xtask-cmd' 'WorkingDirectory=/' \
+        'Environment=PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root' \
+        'StandardOutput=tty' 'StandardError=tty' 'TTYPath=/dev/ttyS0' \
+        'ExecStopPost=/bin/sh -c '"'"'echo "xtask-vm: exit-status $EXIT_STATUS" > /dev/ttyS0; /bin/busybox poweroff -f'"'" \
+        > /etc/systemd/system/xtask.service
+    printf '%s\n' '[Unit]' 'Description=the xtask-vm command, under systemd' \
+        'Requires=multi-user.target xtask.service' 'After=multi-user.target' \
+        > /etc/systemd/system/xtask.target
+    echo "xtask-vm: kernel $(uname -r), running under systemd: $(cat /xtask-cmd)"
+    exec /lib/systemd/systemd --unit=xtask.target --show-status=false --log-level=warning
+fi
 echo "xtask-vm: kernel $(uname -r), running: $(cat /xtask-cmd)"
 sh /xtask-cmd
 rc=$?
@@ -117,6 +132,17 @@ pub fn build(kernel: &Kernel, bins: &[PathBuf], scenarios: &Path, stage: &Path) 
             &stage.join("usr/local/bin").join(bin.file_name().unwrap()),
         )?;
     }
+    stage_systemd(stage)?;
+    // What the scenarios that follow the README read: the README itself and
+    // the shipped units, at /repo.
+    if let Some(repo) = scenarios.parent().and_then(Path::parent) {
+        copy(&repo.join("README.md"), &stage.join("repo/README.md"))?;
+        for e in fs::read_dir(repo.join("contrib/systemd"))? {
+            let p = e?.path();
+            let name = p.file_name().unwrap();
+            copy(&p, &stage.join("repo/contrib/systemd").join(name))?;
+        }
+    }
     if scenarios.is_dir() {
         for e in fs::read_dir(scenarios)? {
             let p = e?.path();
@@ -126,11 +152,77 @@ pub fn build(kernel: &Kernel, bins: &[PathBuf], scenarios: &Path, stage: &Path) 
     pack(stage)
 }
 
-/// A second archive holding only `/xtask-cmd`; appended to the first, it
-/// tells `/init` what to run.
+/// The host's systemd (PID 1, `systemctl`, the units it ships) and
+/// `useradd`, when the host has them, for scenarios run under systemd
+/// (`--systemd` before the command). Without them those scenarios fail
+/// clearly; nothing else needs them.
+fn stage_systemd(stage: &Path) -> Result<()> {
+    let systemd = Path::new("/lib/systemd/systemd");
+    if !systemd.exists() {
+        return Ok(());
+    }
+    // coreutils' install too: the README's steps use it, busybox has none.
+    let bins = [
+        Some(systemd.to_path_buf()),
+        which("systemctl"),
+        which("useradd"),
+        which("install"),
+    ];
+    for bin in bins.into_iter().flatten() {
+        let real = fs::canonicalize(&bin)?;
+        copy(&real, &stage.join(bin.strip_prefix("/").unwrap_or(&bin)))?;
+        for lib in shared_libraries(&real)? {
+            let dst = stage.join(lib.strip_prefix("/").unwrap_or(&lib));
+            if !dst.exists() {
+                copy(&lib, &dst)?;
+            }
+        }
+    }
+    for e in fs::read_dir("/lib/systemd/system")? {
+        let p = e?.path();
+        let meta = fs::symlink_metadata(&p)?;
+        let dst = stage
+            .join("usr/lib/systemd/system")
+            .join(p.file_name().unwrap());
+        if meta.file_type().is_symlink() {
+            fs::create_dir_all(dst.parent().unwrap())?;
+            std::os::unix::fs::symlink(fs::read_link(&p)?, &dst)?;
+        } else if meta.is_file() {
+            copy(&p, &dst)?;
+        }
+    }
+    for f in [
+        "etc/login.defs",
+        "etc/default/useradd",
+        "usr/lib/os-release",
+    ] {
+        let src = Path::new("/").join(f);
+        if src.exists() {
+            copy(&src, &stage.join(f))?;
+        }
+    }
+    write(
+        stage,
+        "etc/shadow",
+        b"root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n",
+        0o640,
+    )?;
+    write(stage, "etc/gshadow", b"root:*::\nnogroup:*::\n", 0o640)?;
+    write(stage, "etc/machine-id", b"", 0o444)?;
+    Ok(())
+}
+
+/// A second archive holding `/xtask-cmd`; appended to the first, it tells
+/// `/init` what to run. A first word `--systemd` makes `/init` start
+/// systemd as PID 1 and run the command as its service (`/xtask-systemd`).
 pub fn command_archive(command: &[String]) -> Result<Vec<u8>> {
+    let systemd = command.first().map(String::as_str) == Some("--systemd");
+    let command = if systemd { &command[1..] } else { command };
     let line: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
     let mut w = cpio::Writer::new(Vec::new());
+    if systemd {
+        w.file("xtask-systemd", 0o644, b"")?;
+    }
     w.file(
         "xtask-cmd",
         0o644,

@@ -76,6 +76,11 @@ export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 cd /
 if [ -e /xtask-systemd ]; then
     # The command runs as a service of systemd, which becomes PID 1 here.
+    if [ ! -x /lib/systemd/systemd ]; then
+        echo "xtask-vm: no systemd in this initramfs: the host has none (apt-get install systemd)"
+        echo "xtask-vm: exit-status 125"
+        poweroff -f
+    fi
     mkdir -p /etc/systemd/system
     printf '%s\n' '[Unit]' 'Description=the xtask-vm command' \
         '[Service]' 'Type=oneshot' 'ExecStart=/bin/sh /xtask-cmd' 'WorkingDirectory=/' \

@@ -294,3 +294,35 @@ pub fn status(dev: &str) -> Result<IngressStatus> {
         tree,
     })
 }
+
+/// The packets an ifb of ours holds in its own queue (past its qdisc, not
+/// yet passed up the stack), asked of the kernel on one reused socket: what
+/// a supervisor waits on before a listener closes, since a SYN the plug let
+/// through just before a hold may still be there.
+pub struct IfbQueue {
+    rt: Socket,
+    ifb: String,
+    ifindex: u32,
+}
+
+impl IfbQueue {
+    /// `ifb` is the ifb device's name (`ifb_of(dev)`).
+    pub fn open(ifb: &str) -> Result<IfbQueue> {
+        Ok(IfbQueue {
+            rt: Socket::route()?,
+            ifb: ifb.to_owned(),
+            ifindex: sys::ifindex(ifb)? as u32,
+        })
+    }
+
+    pub fn queued(&mut self) -> Result<u64> {
+        let (ifb, ifindex) = (&self.ifb, self.ifindex);
+        let replies = self.rt.request_replies(link::get(ifindex), &|| {
+            (format!("get link {ifb}"), Object::Other)
+        })?;
+        replies
+            .iter()
+            .find_map(|p| link::ifb_queued(p))
+            .ok_or_else(|| Error::Protocol(format!("no counters for {ifb} in the kernel's answer")))
+    }
+}

@@ -46,3 +46,29 @@ pub fn delete(ifindex: u32) -> Message {
     m.header.index = ifindex;
     Message::route(NLM_F_REQUEST | NLM_F_ACK, RouteNetlinkMessage::DelLink(m))
 }
+
+/// `ip -s link show dev INDEX`: the link with its counters.
+pub fn get(ifindex: u32) -> Message {
+    let mut m = LinkMessage::default();
+    m.header.index = ifindex;
+    Message::route(NLM_F_REQUEST, RouteNetlinkMessage::GetLink(m))
+}
+
+/// Packets in an ifb's own queue, from its RTM_NEWLINK counters: an ifb
+/// counts a packet as received when its qdisc hands it over, then as
+/// dropped at once (not redirected to it: the ifb's own IPv6 router
+/// solicitations, for one) or as sent (or dropped) when its tasklet passes
+/// it on. `None` without counters.
+pub fn ifb_queued(payload: &[u8]) -> Option<u64> {
+    use netlink_packet_core::Parseable;
+    let m = LinkMessage::parse(payload).ok()?;
+    m.attributes.into_iter().find_map(|a| match a {
+        LinkAttribute::Stats64(s) => Some(
+            s.rx_packets
+                .saturating_sub(s.rx_dropped)
+                .saturating_sub(s.tx_packets)
+                .saturating_sub(s.tx_dropped),
+        ),
+        _ => None,
+    })
+}

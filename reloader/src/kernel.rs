@@ -24,6 +24,9 @@ pub trait Kernel {
     fn established(&mut self, port: u16) -> Result<Vec<u32>, Error>;
     /// Each CPU's receive backlog, `None` when the kernel does not say.
     fn backlogs(&mut self) -> Result<Option<Vec<u64>>, Error>;
+    /// Packets in the queues of our ifb devices (`--ingress`), `None`
+    /// when there are none.
+    fn ifb_queued(&mut self) -> Result<Option<u64>, Error>;
     /// Whether `net.ipv4.tcp_migrate_req` is on in our network namespace.
     fn migrate_req(&mut self) -> Result<bool, Error>;
 }
@@ -42,12 +45,18 @@ pub trait Spawn {
 /// The kernel itself.
 pub struct Real {
     diag: Listeners,
+    ifbs: Vec<qdisc::ingress::IfbQueue>,
 }
 
 impl Real {
-    pub fn open() -> Result<Real, Error> {
+    /// `ifbs`: the ifb devices of the ingress paths, if any.
+    pub fn open(ifbs: &[String]) -> Result<Real, Error> {
         Ok(Real {
             diag: Listeners::open()?,
+            ifbs: ifbs
+                .iter()
+                .map(|i| qdisc::ingress::IfbQueue::open(i))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -67,6 +76,16 @@ impl Kernel for Real {
     }
     fn migrate_req(&mut self) -> Result<bool, Error> {
         migrate_req()
+    }
+    fn ifb_queued(&mut self) -> Result<Option<u64>, Error> {
+        if self.ifbs.is_empty() {
+            return Ok(None);
+        }
+        let mut n = 0;
+        for q in &mut self.ifbs {
+            n += q.queued()?;
+        }
+        Ok(Some(n))
     }
 }
 

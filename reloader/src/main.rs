@@ -435,14 +435,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ready_timeout: args.ready_timeout,
         drain_timeout: args.drain_timeout,
         hold_limit: args.hold_limit,
-        // An ifb's queue is invisible to the backlog count.
-        settle: if args.ingress.is_empty() {
-            supervisor::SETTLE_SEEN
-        } else {
-            supervisor::SETTLE_BLIND
-        },
     };
-    let kernel = Box::new(kernel::Real::open()?);
+    let ifbs: Vec<String> = match args.strategy {
+        Strategy::Plug => args.ingress.iter().map(|d| qdisc::ifb_of(d)).collect(),
+        _ => Vec::new(),
+    };
+    let kernel = Box::new(kernel::Real::open(&ifbs)?);
     let spawn = Box::new(kernel::Argv(args.command.clone()));
     let mut sup = Supervisor::start(opts, swap, kernel, spawn, notify).await?;
     report.serving(&sup.current);

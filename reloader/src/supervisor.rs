@@ -38,16 +38,15 @@ const START_POLL: Duration = Duration::from_millis(2);
 /// How long no handshake to the port may be half open, as sock_diag
 /// reports it, before the old listener is closed, when nothing tells us
 /// where a SYN that left the plug just before the hold is: a kernel without
-/// the softnet backlog column, a CPU whose backlog was not seen empty yet,
-/// an ifb's queue (`--ingress`), which no counter shows. The hold's own
-/// bound (`--hold-limit`) caps the whole wait.
-pub const SETTLE_BLIND: Duration = Duration::from_millis(5);
-/// The same once every CPU's receive backlog was seen empty since the hold
-/// began (see `softnet`): none, one quiet look is enough. The backlogs are
-/// read before sock_diag is asked, so a SYN that leaves a backlog between
-/// the two is a handshake by the time sock_diag looks; only one inside the
-/// microseconds of its own processing is unseen.
-pub const SETTLE_SEEN: Duration = Duration::ZERO;
+/// the softnet backlog column, or a CPU backlog or ifb queue not seen empty
+/// yet. The hold's own bound (`--hold-limit`) caps the whole wait.
+const SETTLE_BLIND: Duration = Duration::from_millis(5);
+/// The same once every CPU's receive backlog (see `softnet`) and every ifb
+/// queue of the ingress paths was seen empty since the hold began: none,
+/// one quiet look is enough. They are read before sock_diag is asked, so a
+/// SYN that leaves one between the two is a handshake by the time sock_diag
+/// looks; only one inside the microseconds of its own processing is unseen.
+const SETTLE_SEEN: Duration = Duration::ZERO;
 
 pub struct Options {
     /// The sockets every generation gets (`--strategy handoff`).
@@ -58,9 +57,6 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// The longest one hold may last.
     pub hold_limit: Duration,
-    /// How long quiet must last before a close (`SETTLE_SEEN` or
-    /// `SETTLE_BLIND`).
-    pub settle: Duration,
 }
 
 /// What the steps share: options, the strategy, the kernel's answers, how
@@ -295,13 +291,17 @@ impl Ctx {
     async fn wait_no_half_open(&mut self, end: Instant) -> Result<(), Error> {
         let start = Instant::now();
         let mut quiet_since = None;
-        // Per CPU: its backlog was seen empty since the hold began.
+        // Per CPU: its backlog was seen empty since the hold began; and
+        // the ifb queues, all at once.
         let mut drained: Vec<bool> = Vec::new();
+        let mut ifb_drained = false;
         loop {
             let now = Instant::now();
             // In this order: see the comment on SETTLE_SEEN.
             let backlogs = self.kernel.backlogs()?;
+            let ifb = self.kernel.ifb_queued()?;
             let open = self.kernel.half_open(self.opts.port)?;
+            ifb_drained |= ifb.is_none_or(|n| n == 0);
             let seen = match backlogs {
                 Some(b) => {
                     drained.resize(b.len(), false);
@@ -312,7 +312,11 @@ impl Ctx {
                 }
                 None => false,
             };
-            let settle = if seen { self.opts.settle } else { SETTLE_BLIND };
+            let settle = if seen && ifb_drained {
+                SETTLE_SEEN
+            } else {
+                SETTLE_BLIND
+            };
             let since = match open {
                 0 => *quiet_since.get_or_insert(now),
                 _ => {
@@ -787,6 +791,9 @@ mod tests {
         fn migrate_req(&mut self) -> Result<bool, Error> {
             Ok(false)
         }
+        fn ifb_queued(&mut self) -> Result<Option<u64>, Error> {
+            Ok(None)
+        }
     }
 
     struct FakeSpawn(W);
@@ -885,7 +892,6 @@ mod tests {
                     ready_timeout: Duration::from_millis(100),
                     drain_timeout: Duration::from_millis(150),
                     hold_limit: Duration::from_millis(50),
-                    settle: SETTLE_SEEN,
                 },
                 swap: Box::new(FakeSwap(w.clone())),
                 kernel: Box::new(FakeKernel(w.clone())),

@@ -210,9 +210,44 @@ fn idle_keepalive_connection_is_closed_by_the_drain() {
         let mut buf = [0u8; 1024];
         let n = c.read(&mut buf).unwrap();
         assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        let t = std::time::Instant::now();
         s.signal(libc::SIGTERM);
-        // The idle connection is closed (EOF), and the server exits quickly.
+        // Still idle after the grace: closed (EOF), and the server exits.
         assert_eq!(c.read(&mut buf).unwrap(), 0);
+        assert!(
+            t.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(s.wait_exit(10 * SEC).expect("exits").success());
+    });
+}
+
+/// A kept-alive client that sends its next request just as the drain
+/// begins gets an answer (with `Connection: close`), not a reset: closing
+/// the idle connection at once would race that request.
+#[test]
+fn keepalive_request_sent_as_the_drain_begins_is_answered() {
+    in_netns("keep-alive at the drain", || {
+        let mut s = start(&[]);
+        let mut c = TcpStream::connect("127.0.0.1:7000").unwrap();
+        c.set_read_timeout(Some(10 * SEC)).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 1024];
+        let n = c.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        s.signal(libc::SIGTERM);
+        assert!(s.wait_line("draining", 5 * SEC).is_some(), "{:?}", s.log);
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let got = c.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(got.is_ok(), "{got:?} after {text:?}");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "{text:?}"
+        );
         assert!(s.wait_exit(10 * SEC).expect("exits").success());
     });
 }

@@ -35,6 +35,10 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     ("ab", "apache2-utils"),
     ("curl", "curl"),
     ("setcap", "libcap2-bin"),
+    // For the guest booted with systemd as PID 1 (the README's install
+    // steps): systemd itself, and useradd.
+    ("systemctl", "systemd"),
+    ("useradd", "passwd"),
 ];
 
 /// Finds the host tools, installing the missing ones with apt when we may.

@@ -1,8 +1,8 @@
 //! What the supervisor asks of the world, as two small traits, so the
 //! reload protocol can run against fakes in unit tests (`supervisor::tests`):
 //!
-//! - [`Kernel`]: the kernel's answers (sock_diag, the receive backlogs,
-//!   `tcp_migrate_req`). [`Real`] asks the kernel.
+//! - [`Kernel`]: the kernel's answers (sock_diag, the receive backlogs, the
+//!   ifb queues). [`Real`] asks the kernel.
 //! - [`Spawn`]: starting a generation. [`Argv`] runs the server command.
 //!
 //! The strategy is the third ([`crate::swap::Swap`]).
@@ -27,8 +27,6 @@ pub trait Kernel {
     /// Packets in the queues of our ifb devices (`--ingress`), `None`
     /// when there are none.
     fn ifb_queued(&mut self) -> Result<Option<u64>, Error>;
-    /// Whether `net.ipv4.tcp_migrate_req` is on in our network namespace.
-    fn migrate_req(&mut self) -> Result<bool, Error>;
 }
 
 pub trait Spawn {
@@ -73,9 +71,6 @@ impl Kernel for Real {
     }
     fn backlogs(&mut self) -> Result<Option<Vec<u64>>, Error> {
         crate::softnet::backlogs().map_err(Error::Softnet)
-    }
-    fn migrate_req(&mut self) -> Result<bool, Error> {
-        migrate_req()
     }
     fn ifb_queued(&mut self) -> Result<Option<u64>, Error> {
         if self.ifbs.is_empty() {

@@ -161,14 +161,15 @@ fn why_strategy(args: &RunArgs, handoff: Option<&handoff::Handoff>) -> String {
     };
     match args.strategy {
         Strategy::Plug if migrate == "tcp_migrate_req=1" => format!(
-            "strategy plug (kernel {kernel}, CAP_NET_ADMIN): {migrate}, so a closing listener hands its connections over and no hold is needed"
+            "strategy plug (kernel {kernel}, CAP_NET_ADMIN, plug tree ready): {migrate}, and each listener close is held anyway, at most {:?}: the kernel's migration alone lost 7 of 560,326 requests in our soak",
+            args.hold_limit
         ),
         Strategy::Plug => format!(
             "strategy plug (kernel {kernel}, CAP_NET_ADMIN, plug tree ready): {migrate}, so each listener close is held, at most {:?}",
             args.hold_limit
         ),
         Strategy::Migrate => format!(
-            "strategy migrate (kernel {kernel}): {migrate} in this network namespace, restored at exit; nothing is held"
+            "strategy migrate (kernel {kernel}): {migrate} in this network namespace, restored at exit; nothing is held. Not zero-loss under load (7 of 560,326 requests reset in our soak on Linux 6.1): use plug or handoff for that"
         ),
         Strategy::Handoff => format!(
             "strategy handoff (kernel {kernel}): the reloader listens on {} and gives every generation these sockets (LISTEN_FDS, LISTEN_FDNAMES={}); nothing is held, no CAP_NET_ADMIN",

@@ -1,11 +1,15 @@
 # Constant reloading under load: `reloader run --every 100ms` while loadgen
 # sends REQUESTS requests, CONC at a time, each on a new TCP connection.
-# usage: reloader-load.sh STRATEGY CONC REQUESTS EXPECT [keepalive]
-#   EXPECT: zero|failures; keepalive: connections live across reloads (-k)
+# usage: reloader-load.sh STRATEGY CONC REQUESTS EXPECT [keepalive|migrate_req]
+#   EXPECT: zero|failures; keepalive: connections live across reloads (-k);
+#   migrate_req: net.ipv4.tcp_migrate_req=1 first (the plug still holds)
 set -u
 STRATEGY=$1 CONC=$2 REQUESTS=$3 EXPECT=$4 KEEP=${5:-}
 K=""
 [ "$KEEP" = keepalive ] && K="-k"
+if [ "$KEEP" = migrate_req ]; then
+    echo 1 > /proc/sys/net/ipv4/tcp_migrate_req || { echo "FAIL: cannot set tcp_migrate_req"; exit 1; }
+fi
 fail() { echo "FAIL: $*"; tail -20 /tmp/reloader.log; exit 1; }
 
 # The machine as a user of the plug has it, for both strategies: the tree on lo.

@@ -124,11 +124,15 @@ fn guest_reloader_migrate_c1_zero_failures() {
     );
 }
 
+/// With `tcp_migrate_req=1` the plug still holds each close: the kernel's
+/// migration alone reset requests in the soak (7 of 560,326 with
+/// `--strategy migrate`, and 1 of 10,000 at c=32 in a bench run), which is
+/// also why there is no zero-failure test of `migrate` at c=32 any more.
 #[test]
-fn guest_reloader_migrate_c32_zero_failures() {
+fn guest_reloader_plug_with_migrate_req_c32_zero_failures() {
     scenario_with(
         "reloader-load",
-        &["migrate", "32", "10000", "zero"],
+        &["plug", "32", "10000", "zero", "migrate_req"],
         Duration::from_secs(1200),
     );
 }
@@ -220,15 +224,12 @@ fn guest_plug_overflow_is_counted_logged_and_survived() {
 }
 
 /// The CI soak (`cargo xtask soak` runs it longer): two minutes of
-/// reloading every 100 ms under a mixed load, plug, migrate and handoff in
-/// turn; no failed request, no zombie, no leftover server, no growth.
+/// reloading every 100 ms under a mixed load, plug and handoff in turn (the
+/// strategies that lose nothing; migrate does not, see the README); no
+/// failed request, no zombie, no leftover server, no growth.
 #[test]
 fn guest_soak_two_minutes() {
-    scenario_with(
-        "soak",
-        &["2", "plug migrate handoff"],
-        Duration::from_secs(900),
-    );
+    scenario_with("soak", &["2", "plug handoff"], Duration::from_secs(900));
 }
 
 /// The README's systemd install steps, read from the README and run as

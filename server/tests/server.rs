@@ -200,16 +200,24 @@ fn request_in_flight_at_sigterm_completes_and_second_sigterm_is_absorbed() {
     });
 }
 
+/// A connection to 127.0.0.1:7000 that has had one answer and is kept
+/// alive (HTTP/1.1's default).
+fn kept_alive_after_one_request() -> TcpStream {
+    let mut c = TcpStream::connect("127.0.0.1:7000").unwrap();
+    c.set_read_timeout(Some(10 * SEC)).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 1024];
+    let n = c.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    c
+}
+
 #[test]
 fn idle_keepalive_connection_is_closed_by_the_drain() {
     in_netns("idle keep-alive", || {
         let mut s = start(&[]);
-        let mut c = TcpStream::connect("127.0.0.1:7000").unwrap();
-        c.set_read_timeout(Some(10 * SEC)).unwrap();
-        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut c = kept_alive_after_one_request();
         let mut buf = [0u8; 1024];
-        let n = c.read(&mut buf).unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
         let t = std::time::Instant::now();
         s.signal(libc::SIGTERM);
         // Still idle after the grace: closed (EOF), and the server exits.
@@ -230,12 +238,8 @@ fn idle_keepalive_connection_is_closed_by_the_drain() {
 fn keepalive_request_sent_as_the_drain_begins_is_answered() {
     in_netns("keep-alive at the drain", || {
         let mut s = start(&[]);
-        let mut c = TcpStream::connect("127.0.0.1:7000").unwrap();
-        c.set_read_timeout(Some(10 * SEC)).unwrap();
-        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut c = kept_alive_after_one_request();
         let mut buf = [0u8; 1024];
-        let n = c.read(&mut buf).unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
         s.signal(libc::SIGTERM);
         assert!(s.wait_line("draining", 5 * SEC).is_some(), "{:?}", s.log);
         c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();

@@ -239,7 +239,6 @@ fn keepalive_request_sent_as_the_drain_begins_is_answered() {
     in_netns("keep-alive at the drain", || {
         let mut s = start(&[]);
         let mut c = kept_alive_after_one_request();
-        let mut buf = [0u8; 1024];
         s.signal(libc::SIGTERM);
         assert!(s.wait_line("draining", 5 * SEC).is_some(), "{:?}", s.log);
         c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();

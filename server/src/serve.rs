@@ -14,8 +14,8 @@
 //!    carry `Connection: close` (HTTP/1) so the client does not reuse it.
 //!    A kept-alive connection that is idle when the drain begins is not
 //!    closed at once either: its client may be sending the next request at
-//!    that instant, and a close would reset it (the soak saw 5 in 137,000
-//!    kept-alive requests). It gets `IDLE_GRACE` to send one, answered with
+//!    that instant, and a close would reset it (a host test shows it). It
+//!    gets `IDLE_GRACE` to send one, answered with
 //!    `Connection: close`; only a connection idle for that long is closed.
 //! 4. The drain ends when every connection is done, or at the drain timeout.
 

@@ -1,7 +1,7 @@
 # Constant reloading under load: `reloader run --every 100ms` while loadgen
 # sends REQUESTS requests, CONC at a time, each on a new TCP connection.
 # usage: reloader-load.sh STRATEGY CONC REQUESTS EXPECT [keepalive|migrate_req]
-#   EXPECT: zero|failures; keepalive: connections live across reloads (-k);
+#   EXPECT: zero|few (at most 0.1% failed)|failures; keepalive: connections live across reloads (-k);
 #   migrate_req: net.ipv4.tcp_migrate_req=1 first (the plug still holds)
 set -u
 STRATEGY=$1 CONC=$2 REQUESTS=$3 EXPECT=$4 KEEP=${5:-}
@@ -36,6 +36,12 @@ failed=$(sed -n 's/.* failed=\([0-9]*\) .*/\1/p' /tmp/load.out)
 case $EXPECT in
   zero)
     [ "$failed" = 0 ] || fail "$failed failed requests"
+    [ "$bad" = 0 ] || fail "$bad reloads rolled back"
+    ;;
+  few)
+    # migrate: the kernel's migration is not lossless under load (the soak);
+    # it must still lose no more than 0.1%.
+    [ "$failed" -le $((REQUESTS / 1000)) ] || fail "$failed failed requests (more than 0.1%)"
     [ "$bad" = 0 ] || fail "$bad reloads rolled back"
     ;;
   failures)

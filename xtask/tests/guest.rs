@@ -115,11 +115,13 @@ fn guest_reloader_none_c32_has_failures() {
 // The strategies without a plug: tcp_migrate_req, and the reloader's own
 // sockets handed to every generation.
 
+/// `migrate` is not zero-loss (1 reset in this 10,000-request run once,
+/// 7 of 560,326 in the soak): it must reload and lose at most 0.1%.
 #[test]
-fn guest_reloader_migrate_c1_zero_failures() {
+fn guest_reloader_migrate_c1_loses_at_most_a_tenth_of_a_percent() {
     scenario_with(
         "reloader-load",
-        &["migrate", "1", "10000", "zero"],
+        &["migrate", "1", "10000", "few"],
         Duration::from_secs(1200),
     );
 }

@@ -106,10 +106,18 @@ struct RunArgs {
     /// only: connections can fail.
     #[arg(long, value_enum, default_value = "plug")]
     strategy: Strategy,
-    /// Device of the plug tree.
+    /// Device the local clients' SYNs cross (lo).
     #[arg(long, default_value = "lo")]
     dev: String,
-    /// Classifier used when the tree has to be set up (fw or u32).
+    /// Where local clients' SYNs are held. ingress: redirected on DEV's
+    /// ingress to an ifb of ours that holds them, so only those SYNs ever
+    /// wait in a queue. egress: the prio tree on DEV's root (the seed's);
+    /// every packet DEV sends then passes a queue that any CPU may dequeue,
+    /// which reorders a connection's packets on lo and veth (ab stalls on
+    /// it; see the README).
+    #[arg(long, value_enum, default_value = "ingress")]
+    local_hold: LocalHold,
+    /// Classifier used when the egress tree has to be set up (fw or u32).
     #[arg(long, default_value = "fw")]
     classifier: Classifier,
     /// Also hold remote clients arriving on DEV (repeatable): SYNs to our
@@ -285,6 +293,36 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LocalHold {
+    Ingress,
+    Egress,
+}
+
+impl RunArgs {
+    /// The devices whose ingress path we hold (an ifb each): DEV's own for
+    /// local clients unless its egress tree does that, then each --ingress.
+    fn ingress_devs(&self) -> Vec<&str> {
+        let local = (self.local_hold == LocalHold::Ingress).then_some(self.dev.as_str());
+        let mut devs: Vec<&str> = local.into_iter().collect();
+        for d in &self.ingress {
+            if !devs.contains(&d.as_str()) {
+                devs.push(d);
+            }
+        }
+        devs
+    }
+
+    /// Every plug we hold: the egress tree's device, then each ifb.
+    fn plug_devs(&self) -> Vec<String> {
+        let egress = (self.local_hold == LocalHold::Egress).then(|| self.dev.clone());
+        egress
+            .into_iter()
+            .chain(self.ingress_devs().into_iter().map(qdisc::ifb_of))
+            .collect()
+    }
+}
+
 /// Makes sure the plug tree is there (setting it up unless told not to) and
 /// releases a plug a killed predecessor may have left buffering.
 fn prepare_plug(args: &RunArgs) -> anyhow::Result<Plug> {
@@ -320,6 +358,21 @@ fn prepare_plug(args: &RunArgs) -> anyhow::Result<Plug> {
     open_released(&args.dev)
 }
 
+/// An egress tree left on `dev` (`qdisc setup`, or an older reloader)
+/// queues every packet `dev` sends: said at start, so the user can remove it.
+fn warn_egress_tree(dev: &str) -> anyhow::Result<()> {
+    let status = qdisc::status(dev)?;
+    if status.root {
+        log(&format!(
+            "warning: an egress plug tree is installed on {dev}: every packet {dev} sends passes its queue (reordered across CPUs on lo and veth); this reloader holds on {dev}'s ingress and does not need it; remove it with `qdisc --dev {dev} teardown`"
+        ));
+        if status.buffering == Some(true) {
+            open_released(dev)?;
+        }
+    }
+    Ok(())
+}
+
 /// Opens the plug on `dev` and releases it: a reloader killed mid-reload
 /// leaves it buffering, and nobody else would.
 fn open_released(dev: &str) -> anyhow::Result<Plug> {
@@ -334,8 +387,8 @@ fn open_released(dev: &str) -> anyhow::Result<Plug> {
     Ok(plug)
 }
 
-/// The ingress path of `dev` for remote clients (an ifb of ours holds
-/// their SYNs to our port), set up unless told not to.
+/// The ingress path of `dev` (an ifb of ours holds the SYNs to our port
+/// that arrive on it), set up unless told not to.
 fn prepare_ingress(args: &RunArgs, dev: &str) -> anyhow::Result<Plug> {
     let port = args.addr[0].port();
     if args.no_setup {
@@ -352,7 +405,7 @@ fn prepare_ingress(args: &RunArgs, dev: &str) -> anyhow::Result<Plug> {
         })
         .with_context(|| format!("setting up the ingress path on {dev}"))?;
         log(&format!(
-            "ingress path on {dev} holds remote SYNs to port {port} only (u32 redirect to {})",
+            "ingress path on {dev} holds SYNs to port {port} only (u32 redirect to {})",
             qdisc::ifb_of(dev)
         ));
     }
@@ -385,9 +438,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut _owners = Vec::new();
     let swap: Box<dyn Swap> = match args.strategy {
         Strategy::Plug => {
-            _owners.push(owner::take(&args.dev, args.addr[0].port())?);
-            let mut plugs = vec![prepare_plug(&args)?];
-            for dev in &args.ingress {
+            let mut plugs = Vec::new();
+            if args.local_hold == LocalHold::Egress {
+                _owners.push(owner::take(&args.dev, args.addr[0].port())?);
+                plugs.push(prepare_plug(&args)?);
+            } else {
+                warn_egress_tree(&args.dev)?;
+            }
+            for dev in args.ingress_devs() {
                 _owners.push(owner::take(&qdisc::ifb_of(dev), args.addr[0].port())?);
                 plugs.push(prepare_ingress(&args, dev)?);
             }
@@ -406,9 +464,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => health::Check::Pid(args.addr[0]),
     };
     let plug_devs = match args.strategy {
-        Strategy::Plug => std::iter::once(args.dev.clone())
-            .chain(args.ingress.iter().map(|d| qdisc::ifb_of(d)))
-            .collect(),
+        Strategy::Plug => args.plug_devs(),
         _ => Vec::new(),
     };
     let report = report::Report::new(swap.name(), plug_devs);
@@ -438,7 +494,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         hold_limit: args.hold_limit,
     };
     let ifbs: Vec<String> = match args.strategy {
-        Strategy::Plug => args.ingress.iter().map(|d| qdisc::ifb_of(d)).collect(),
+        Strategy::Plug => args.ingress_devs().into_iter().map(qdisc::ifb_of).collect(),
         _ => Vec::new(),
     };
     let kernel = Box::new(kernel::Real::open(&ifbs)?);

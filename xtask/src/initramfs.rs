@@ -51,7 +51,7 @@ pub const TOOLS: &[&str] = &["tc", "ip", "ss", "nft", "ab", "setcap"];
 
 /// The bench's peers, copied in (with their libraries) when the host has
 /// them: `cargo xtask bench` installs them, the tests do not need them.
-pub const PEERS: &[&str] = &["nginx", "haproxy"];
+pub const PEERS: &[&str] = &["nginx", "haproxy", "tcpdump", "strace"];
 
 /// The guest's `/init`. `/xtask-cmd` comes from a second archive appended per
 /// run, so the big one is built once.

@@ -477,7 +477,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut requests = control::serve(&control_path, report.clone())
         .with_context(|| format!("control socket {}", control_path.display()))?;
     let notify_path = PathBuf::from(format!("{}.notify", control_path.display()));
-    let notify = notify::Notify::bind(&notify_path)
+    let on_cut = {
+        let report = report.clone();
+        move |pid, n| {
+            tracing::warn!(
+                event = "drain_cut",
+                pid,
+                connections = n,
+                "PID {pid}: its drain timeout cut {n} connection(s) (requests may have been lost; see its drain line)"
+            );
+            report.connections_cut(n);
+        }
+    };
+    let notify = notify::Notify::bind(&notify_path, on_cut)
         .with_context(|| format!("notify socket {}", notify_path.display()))?;
 
     let mut term = signal(SignalKind::terminate())?;
@@ -519,7 +531,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             _ = tokio::time::sleep(REAP_EVERY), if sup.needs_tending() => {
                 sup.reap().await;
-                report.sigkilled(sup.sigkills);
+                report.sigkilled(sup.sigkills, sup.cut_by_sigkill);
                 continue;
             }
             _ = hup.recv() => None,
@@ -537,7 +549,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         if let (Some(sleep), Some(d)) = (every.as_mut(), args.every) {
             sleep.as_mut().reset(tokio::time::Instant::now() + d);
         }
-        report.sigkilled(sup.sigkills);
+        report.sigkilled(sup.sigkills, sup.cut_by_sigkill);
         match &outcome {
             Ok(r) => {
                 ok += 1;

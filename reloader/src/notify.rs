@@ -24,6 +24,8 @@ pub const GATE_ENV: &str = "RELOADER_GATE";
 pub enum Note {
     Ready,
     Gate(SocketAddr),
+    /// `X_RELOADER_DRAIN_CUT=N`: its drain timeout cut N connections.
+    DrainCut(u64),
 }
 
 /// A bound notify socket; its path goes into each server's environment.
@@ -43,6 +45,10 @@ pub fn parse(text: &str) -> Option<Note> {
             if let Ok(a) = addr.trim().parse() {
                 return Some(Note::Gate(a));
             }
+        } else if let Some(n) = line.strip_prefix("X_RELOADER_DRAIN_CUT=") {
+            if let Ok(n) = n.trim().parse() {
+                return Some(Note::DrainCut(n));
+            }
         }
     }
     note
@@ -50,7 +56,9 @@ pub fn parse(text: &str) -> Option<Note> {
 
 impl Notify {
     /// Binds `path` (replacing a stale socket) and starts forwarding.
-    pub fn bind(path: &Path) -> io::Result<Notify> {
+    /// Drain cuts go to `on_cut(pid, n)` at once rather than down the channel,
+    /// whose readers look for one generation's word and drop the rest.
+    pub fn bind(path: &Path, on_cut: impl Fn(u32, u64) + Send + 'static) -> io::Result<Notify> {
         let _ = std::fs::remove_file(path);
         let sock = UnixDatagram::bind(path)?;
         let on: libc::c_int = 1;
@@ -76,10 +84,10 @@ impl Notify {
                     .await;
                 let Ok((n, pid)) = got else { break };
                 let Some(pid) = pid else { continue }; // no credentials: ignored
-                if let Some(note) = parse(&String::from_utf8_lossy(&buf[..n])) {
-                    if tx.send((pid, note)).is_err() {
-                        break;
-                    }
+                match parse(&String::from_utf8_lossy(&buf[..n])) {
+                    Some(Note::DrainCut(n)) => on_cut(pid, n),
+                    Some(note) if tx.send((pid, note.clone())).is_err() => break,
+                    _ => {}
                 }
             }
         });
@@ -138,13 +146,17 @@ mod tests {
         );
         assert_eq!(parse("STATUS=busy\n"), None);
         assert_eq!(parse("X_RELOADER_GATE=nonsense\n"), None);
+        assert_eq!(
+            parse("X_RELOADER_DRAIN_CUT=3\nMAINPID=42\n"),
+            Some(Note::DrainCut(3))
+        );
     }
 
     /// The PID comes from the kernel, not from MAINPID=.
     #[tokio::test]
     async fn the_sender_pid_comes_from_the_kernel() {
         let path = std::env::temp_dir().join(format!("notify-test-{}.sock", std::process::id()));
-        let mut n = Notify::bind(&path).unwrap();
+        let mut n = Notify::bind(&path, |_, _| {}).unwrap();
         let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
         s.send_to(b"READY=1\nMAINPID=1\n", &path).unwrap();
         let (pid, note) = n.notes.recv().await.unwrap();

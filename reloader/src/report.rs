@@ -51,6 +51,10 @@ pub struct Counts {
     pub failed: u64,
     /// Old generations SIGKILLed at the drain deadline.
     pub sigkilled: u64,
+    /// Connections old generations' drains cut (their own drain timeout, as
+    /// they reported it, or our SIGKILL): each may have been a lost request.
+    #[serde(default)]
+    pub connections_cut: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,6 +112,8 @@ struct State {
     started: Instant,
     serving: Option<Serving>,
     reloads: Counts,
+    /// The supervisor's SIGKILL cut count as last seen.
+    cut_by_sigkill: u64,
     last: Option<LastReload>,
 }
 
@@ -118,6 +124,7 @@ struct Metrics {
     serving_pid: Gauge,
     serving_generation: Gauge,
     sigkilled: Counter,
+    connections_cut: Counter,
 }
 
 /// The shared record. Cheap to update (a lock and a few atomics).
@@ -138,6 +145,7 @@ impl Report {
             serving_pid: Gauge::default(),
             serving_generation: Gauge::default(),
             sigkilled: Counter::default(),
+            connections_cut: Counter::default(),
         };
         let mut registry = Registry::with_prefix("reloader");
         registry.register(
@@ -170,6 +178,11 @@ impl Report {
             "Old generations SIGKILLed at the drain deadline",
             metrics.sigkilled.clone(),
         );
+        registry.register(
+            "connections_cut",
+            "Connections an old generation's drain cut (its drain timeout, or our SIGKILL at ours)",
+            metrics.connections_cut.clone(),
+        );
         let plugs = Arc::new(PlugCollector {
             devs: plug_devs,
             now: Mutex::new(Vec::new()),
@@ -185,6 +198,7 @@ impl Report {
                 started: Instant::now(),
                 serving: None,
                 reloads: Counts::default(),
+                cut_by_sigkill: 0,
                 last: None,
             }),
             metrics,
@@ -256,13 +270,30 @@ impl Report {
         });
     }
 
-    /// The supervisor's count of SIGKILLs at the drain deadline.
-    pub fn sigkilled(&self, total: u64) {
+    /// The supervisor's count of SIGKILLs at the drain deadline, and of
+    /// the connections they cut.
+    pub fn sigkilled(&self, total: u64, cut_total: u64) {
         let mut s = self.state.lock().expect("report lock");
         if total > s.reloads.sigkilled {
             self.metrics.sigkilled.inc_by(total - s.reloads.sigkilled);
             s.reloads.sigkilled = total;
         }
+        if cut_total > s.cut_by_sigkill {
+            let n = cut_total - s.cut_by_sigkill;
+            self.metrics.connections_cut.inc_by(n);
+            s.reloads.connections_cut += n;
+            s.cut_by_sigkill = cut_total;
+        }
+    }
+
+    /// An old generation's drain cut `n` connections.
+    pub fn connections_cut(&self, n: u64) {
+        self.metrics.connections_cut.inc_by(n);
+        self.state
+            .lock()
+            .expect("report lock")
+            .reloads
+            .connections_cut += n;
     }
 
     /// The status now, the plugs' counters asked from the kernel. Blocking
@@ -416,8 +447,8 @@ impl std::fmt::Display for Status {
         let r = &self.reloads;
         writeln!(
             f,
-            "reloads: {} ok, {} rolled back, {} failed; {} old generation(s) SIGKILLed at the drain deadline",
-            r.ok, r.rolled_back, r.failed, r.sigkilled
+            "reloads: {} ok, {} rolled back, {} failed; {} old generation(s) SIGKILLed at the drain deadline; {} connection(s) cut by drains",
+            r.ok, r.rolled_back, r.failed, r.sigkilled, r.connections_cut
         )?;
         match &self.last_reload {
             Some(l) => writeln!(

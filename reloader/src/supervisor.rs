@@ -81,6 +81,8 @@ pub struct Supervisor {
     next: u64,
     /// Generations SIGKILLed at the drain deadline so far.
     pub sigkills: u64,
+    /// Connections those SIGKILLs cut.
+    pub cut_by_sigkill: u64,
 }
 
 /// How a new generation came up.
@@ -97,6 +99,8 @@ struct Closed {
     /// Of the held time, how much passed before the signal (the wait for
     /// half-open handshakes to settle).
     before_signal: Option<Duration>,
+    /// Connections a SIGKILL cut (those still open when it was sent).
+    cut: usize,
     /// Its listeners left the group within the bound.
     left: bool,
 }
@@ -189,7 +193,7 @@ impl Ctx {
                 match note {
                     _ if pid != gen.pid => {} // another process: not its word
                     Note::Gate(addr) => return Ok(Started::Gate(addr)),
-                    Note::Ready => {}
+                    Note::Ready | Note::DrainCut(_) => {}
                 }
             }
             // Between fork and exec the child is still a copy of us, and a
@@ -342,20 +346,21 @@ impl Ctx {
 
     /// Before a SIGKILL: waits (until `end`) until `gen` has no connection
     /// to our port open and none waits in an accept queue, so the kill cuts
-    /// no request. New ones are held meanwhile.
-    async fn wait_idle(&mut self, gen: &Generation, end: Instant) -> Result<(), Error> {
-        while Instant::now() < end {
+    /// no request. New ones are held meanwhile. Returns how many it still
+    /// had at `end`: the ones the kill cuts.
+    async fn wait_idle(&mut self, gen: &Generation, end: Instant) -> Result<usize, Error> {
+        loop {
             let est = self.kernel.established(self.opts.port)?;
             let own = gen.sockets().map_err(|source| Error::Proc {
                 pid: gen.pid,
                 source,
             })?;
-            if !est.iter().any(|i| *i == 0 || own.contains(i)) {
-                return Ok(());
+            let open = est.iter().filter(|i| **i == 0 || own.contains(i)).count();
+            if open == 0 || Instant::now() >= end {
+                return Ok(open);
             }
             tokio::time::sleep(POLL).await;
         }
-        Ok(())
     }
 
     /// Waits until none of `gen`'s listeners is in the group (or it
@@ -387,6 +392,7 @@ impl Ctx {
                 held: None,
                 before_signal: None,
                 left: true,
+                cut: 0,
             });
         }
         if gen.exited().is_none() {
@@ -410,6 +416,7 @@ impl Ctx {
                 held: None,
                 before_signal: None,
                 left: true,
+                cut: 0,
             });
         }
         // Held with tcp_migrate_req=1 too: measured, the kernel's migration
@@ -422,12 +429,13 @@ impl Ctx {
                 self.opts.drain_timeout
             };
         let mut held_at = Instant::now();
+        let mut cut = 0;
         if hold {
             self.swap.hold()?;
             held_at = Instant::now();
             let mut settled = self.wait_no_half_open(end).await;
             if settled.is_ok() && signal == libc::SIGKILL {
-                settled = self.wait_idle(gen, end).await;
+                settled = self.wait_idle(gen, end).await.map(|open| cut = open);
             }
             if let Err(e) = settled {
                 self.swap.release_quietly();
@@ -443,6 +451,7 @@ impl Ctx {
             held,
             before_signal,
             left: left?,
+            cut,
         })
     }
 }
@@ -482,6 +491,7 @@ impl Supervisor {
             retiring: Vec::new(),
             next: 2,
             sigkills: 0,
+            cut_by_sigkill: 0,
         };
         let t = Instant::now();
         match Self::bring_up(&mut sup.ctx, &mut sup.current).await {
@@ -679,15 +689,23 @@ impl Supervisor {
                         .ok()
                         .and_then(|c| c.held)
                         .map(|d| d.as_secs_f64() * 1e3),
-                    "generation {} PID {}: SIGKILLed at the drain timeout ({drain:?}); held {}",
+                    connections_cut = closed.as_ref().map_or(0, |c| c.cut),
+                    "generation {} PID {}: SIGKILLed at the drain timeout ({drain:?}); held {}; {}",
                     gen.number,
                     gen.pid,
                     match &closed {
                         Ok(c) => opt_ms(c.held),
                         Err(e) => format!("- ({e})"),
+                    },
+                    match &closed {
+                        Ok(c) if c.cut > 0 =>
+                            format!("drain cut: {} connection(s) still open were cut", c.cut),
+                        Ok(_) => "no connection was open".to_owned(),
+                        Err(_) => "connections unknown".to_owned(),
                     }
                 );
                 self.sigkills += 1;
+                self.cut_by_sigkill += closed.as_ref().map_or(0, |c| c.cut as u64);
                 continue;
             }
             i += 1;
@@ -906,6 +924,7 @@ mod tests {
             retiring: Vec::new(),
             next: 2,
             sigkills: 0,
+            cut_by_sigkill: 0,
         }
     }
 

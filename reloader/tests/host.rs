@@ -112,7 +112,7 @@ fn plug_strategy_without_sch_prio_fails_clearly() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains(
-                "the plug tree is missing or incomplete on lo: run `qdisc setup --dev lo --port 7000`"
+                "the ingress path is missing or incomplete on lo: run `qdisc --dev lo --ingress setup --port 7000`"
             ),
             "{err}"
         );

@@ -142,7 +142,7 @@ fn main() -> ExitCode {
                 };
             };
             let check_opts = ServeOptions { drain_timeout: Duration::from_secs(1), ..opts.clone() };
-            if let Err(e) = server::serve(vec![check], decided, check_opts).await {
+            if let Err(e) = server::serve(vec![check], decided, |_| {}, check_opts).await {
                 return fail(format!("cannot serve the health check: {e}"));
             }
             if !join {
@@ -163,25 +163,38 @@ fn main() -> ExitCode {
             server::say!("{prefix}: warning: NOTIFY_SOCKET: cannot send READY=1: {e}");
         }
         let shutdown = async {
-            let name = tokio::select! {
+            tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
-            };
-            server::say!("{prefix}: draining ({name})");
+            }
         };
-        let served = server::serve(listeners, shutdown, opts);
+        let draining = |name| server::say!("{prefix}: draining ({name})");
+        let served = server::serve(listeners, shutdown, draining, opts);
         // The handlers for SIGTERM and SIGINT stay installed through the
         // drain, so a second SIGTERM is absorbed instead of killing us.
         tokio::select! {
             report = served => match report {
                 Ok(r) => {
+                    let cut = match r.cut {
+                        0 => String::new(),
+                        n => format!(
+                            ", {n} cut at the drain timeout: {} had sent no request, {} mid-request, {} idle between requests",
+                            r.cut_unasked,
+                            r.cut_busy,
+                            n.saturating_sub(r.cut_unasked + r.cut_busy)
+                        ),
+                    };
                     server::say!(
-                        "{prefix}: drained in {} ms ({} connections, {} from the accept queue{})",
+                        "{prefix}: drained in {} ms ({} connections, {} from the accept queue{cut})",
                         r.elapsed.as_millis(),
                         r.connections,
                         r.from_queue,
-                        if r.cut > 0 { format!(", {} cut at the drain timeout", r.cut) } else { String::new() },
                     );
+                    if r.cut > 0 {
+                        if let Err(e) = notify::drain_cut(r.cut) {
+                            server::say!("{prefix}: warning: NOTIFY_SOCKET: cannot report the cut: {e}");
+                        }
+                    }
                     server::say!("{prefix}: exit");
                     ExitCode::SUCCESS
                 }

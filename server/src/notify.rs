@@ -20,3 +20,13 @@ pub fn gate(check: std::net::SocketAddr) -> io::Result<()> {
         NotifyState::MainPid(std::process::id()),
     ])
 }
+
+/// Tells the supervisor that the drain timeout cut `n` connections (sent
+/// before we exit, so it can warn and count them).
+pub fn drain_cut(n: usize) -> io::Result<()> {
+    let var = format!("X_RELOADER_DRAIN_CUT={n}");
+    sd_notify::notify(&[
+        NotifyState::Custom(&var),
+        NotifyState::MainPid(std::process::id()),
+    ])
+}

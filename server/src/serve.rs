@@ -73,6 +73,13 @@ pub struct DrainReport {
     pub from_queue: usize,
     /// Connections still open when the drain timeout cut them.
     pub cut: usize,
+    /// Of those, the ones whose client had sent no request (nothing of
+    /// theirs was lost: a client that connects and waits, as ab's surplus
+    /// connections at the end of a run do)...
+    pub cut_unasked: usize,
+    /// ...and the ones with a request in flight (a lost request). The rest
+    /// were kept-alive connections idle between requests.
+    pub cut_busy: usize,
     pub elapsed: Duration,
 }
 
@@ -82,14 +89,22 @@ struct Shared {
     status: StatusCode,
     draining: AtomicBool,
     open: AtomicUsize,
+    /// Open connections that have not started a request yet.
+    unasked: AtomicUsize,
+    /// Requests whose response is not built yet, over all connections.
+    busy: AtomicUsize,
     all_closed: Notify,
 }
 
 /// Serves `listeners` until `shutdown` resolves, then drains (see the module
-/// docs) and returns what the drain did. Must run inside a tokio runtime.
-pub async fn serve(
+/// docs) and returns what the drain did. `on_drain` gets what `shutdown`
+/// resolved to once the drain has begun (every response from then on says
+/// `Connection: close`), so a log line it writes announces a state that
+/// holds. Must run inside a tokio runtime.
+pub async fn serve<S>(
     listeners: Vec<Listener>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = S>,
+    on_drain: impl FnOnce(S),
     opts: ServeOptions,
 ) -> io::Result<DrainReport> {
     let shared = Arc::new(Shared {
@@ -97,6 +112,8 @@ pub async fn serve(
         status: StatusCode::from_u16(opts.status).unwrap_or(StatusCode::OK),
         draining: AtomicBool::new(false),
         open: AtomicUsize::new(0),
+        unasked: AtomicUsize::new(0),
+        busy: AtomicUsize::new(0),
         all_closed: Notify::new(),
     });
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -112,9 +129,10 @@ pub async fn serve(
         )));
     }
 
-    shutdown.await;
+    let why = shutdown.await;
     let start = Instant::now();
     shared.draining.store(true, Ordering::SeqCst);
+    on_drain(why);
     let open_at_shutdown = shared.open.load(Ordering::SeqCst);
     let _ = drain_tx.send(true);
     let mut from_queue = 0;
@@ -136,6 +154,8 @@ pub async fn serve(
         connections: open_at_shutdown + from_queue,
         from_queue,
         cut: shared.open.load(Ordering::SeqCst),
+        cut_unasked: shared.unasked.load(Ordering::SeqCst),
+        cut_busy: shared.busy.load(Ordering::SeqCst),
         elapsed: start.elapsed(),
     })
 }
@@ -197,11 +217,15 @@ fn take_queued(
     }
 }
 
-/// Decrements the open-connection count however the connection task ends.
-struct OpenGuard(Arc<Shared>);
+/// Decrements the open-connection count (and the unasked one, if no request
+/// ever started) however the connection task ends.
+struct OpenGuard(Arc<Shared>, Arc<ConnState>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
+        if self.1.requests.load(Ordering::SeqCst) == 0 {
+            self.0.unasked.fetch_sub(1, Ordering::SeqCst);
+        }
         if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.all_closed.notify_waiters();
         }
@@ -233,26 +257,31 @@ impl ConnState {
 }
 
 /// Counts a request as in flight until its response is built.
-struct InFlight(Arc<ConnState>);
+struct InFlight(Arc<ConnState>, Arc<Shared>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.1.busy.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 fn spawn_connection(stream: TcpStream, shared: &Arc<Shared>, drain: &watch::Receiver<bool>) {
     shared.open.fetch_add(1, Ordering::SeqCst);
-    let guard = OpenGuard(shared.clone());
+    shared.unasked.fetch_add(1, Ordering::SeqCst);
+    let conn_state = Arc::new(ConnState::default());
+    let guard = OpenGuard(shared.clone(), conn_state.clone());
     let mut drain = drain.clone();
     tokio::spawn(async move {
         let shared = guard.0.clone();
-        let conn_state = Arc::new(ConnState::default());
         let svc_state = conn_state.clone();
         let service = hyper::service::service_fn(move |req| {
             svc_state.in_flight.fetch_add(1, Ordering::SeqCst);
-            let in_flight = InFlight(svc_state.clone());
-            svc_state.requests.fetch_add(1, Ordering::SeqCst);
+            shared.busy.fetch_add(1, Ordering::SeqCst);
+            let in_flight = InFlight(svc_state.clone(), shared.clone());
+            if svc_state.requests.fetch_add(1, Ordering::SeqCst) == 0 {
+                shared.unasked.fetch_sub(1, Ordering::SeqCst);
+            }
             svc_state.started.notify_one();
             let shared = shared.clone();
             async move {

@@ -17,7 +17,6 @@ OUT=${RESULTS:-/results}
 AB=${AB:-/usr/sbin/ab}
 fail() { echo "BENCH-FAIL: $*"; exit 1; }
 [ -d $OUT ] || fail "no results folder"
-qdisc setup > /dev/null || fail "qdisc setup"
 echo "BENCH-INFO kernel $(uname -r) cpus $(nproc)"
 
 wait_serving() { # $1: log
@@ -56,7 +55,6 @@ done
 # --- remote clients ---
 case " $CLIENTS " in *" remote "*)
     . "$(dirname "$0")/veth-pair.sh"
-    $S qdisc setup > /dev/null || fail "qdisc setup (srv)"
     for c in $CONCS; do
         $S reuse-server --listen 0.0.0.0:7000 2>/tmp/server.log &
         P=$!

@@ -3,7 +3,6 @@
 # same binary without the capability refuses with the setcap command.
 set -u
 fail() { echo "FAIL: $*"; cat /tmp/caps.log 2>/dev/null; exit 1; }
-qdisc setup || fail "qdisc setup"
 cp /usr/local/bin/reloader /tmp/reloader || fail "copy"
 setcap cap_net_admin+ep /tmp/reloader || fail "setcap"
 cp /usr/local/bin/reloader /tmp/reloader-nocaps

@@ -32,7 +32,7 @@ start_reloader() { # $1: log file
 
 # plug counters of the kernel (TCA_STATS2 of 40:): packets through band 4,
 # held now, dropped.
-plug_packets() { qdisc status --json | sed -n 's/.*"sent_packets":\([0-9]*\).*/\1/p'; }
+plug_packets() { qdisc --ingress status --json | sed -n 's/.*"sent_packets":\([0-9]*\).*/\1/p'; }
 
 # ab across one reload; $1: name, $2: expected reload outcome (ok|rollback).
 # Asserts 0 failed, 0 non-2xx, longest request under $3 ms.
@@ -56,7 +56,6 @@ ab_across_reload() {
     [ "$longest" -lt "$longest_max" ] || fail "'$name': longest request ${longest}ms (limit ${longest_max}ms)"
 }
 
-qdisc setup || fail "qdisc setup"
 # Another service on this machine, not under the reloader.
 reuse-server --listen 127.0.0.1:7001 2>/tmp/other.log &
 OTHER=$!
@@ -83,7 +82,7 @@ for mode in slow nolisten unhealthy exit; do
         [ "$before" != "$after" ] || fail "'$mode': still PID $before after a successful reload"
     fi
     # The kernel's answer: the plug holds nothing, and a new connection completes.
-    qdisc status --json | grep -q '"held_packets":0' || fail "'$mode': the plug still holds packets"
+    qdisc --ingress status --json | grep -q '"held_packets":0' || fail "'$mode': the plug still holds packets"
     loadgen get 127.0.0.1:7000 > /dev/null || fail "'$mode': a new connection did not complete after the reload"
 done
 
@@ -124,11 +123,11 @@ LK=$!
 sleep 1
 # The next close is held up to the hold limit (1 s): kill the reloader then.
 reloader reload --control $CTL > /dev/null 2>&1 &
-for i in $(seq 1 200); do qdisc status --json | grep -q '"buffering":true' && break; sleep 0.01; done
-qdisc status --json | grep -q '"buffering":true' || fail "the plug never buffered"
+for i in $(seq 1 200); do qdisc --ingress status --json | grep -q '"buffering":true' && break; sleep 0.01; done
+qdisc --ingress status --json | grep -q '"buffering":true' || fail "the plug never buffered"
 kill -9 $R
 echo "reloader killed with the plug buffering:"
-qdisc status
+qdisc --ingress status
 loadgen get 127.0.0.1:7000 > /tmp/held.out &
 HELD=$!
 sleep 1
@@ -165,7 +164,7 @@ rm /tmp/mode-slow
 echo "reloader exited $(( t1 - t0 )) ms after SIGTERM, mid-reload"
 tail -4 /tmp/reloader2.log
 [ $(( t1 - t0 )) -lt 3000 ] || fail "the reloader took more than 3 s to end mid-reload"
-qdisc status --json | grep -q '"buffering":false' || fail "the plug was left buffering"
+qdisc --ingress status --json | grep -q '"buffering":false' || fail "the plug was left buffering"
 sleep 2.5 # a `sleep 2` the killed shell started ends by itself
 kill -TERM $OTHER; wait $OTHER
 left=$(pidof reuse-server sleep)

@@ -1,8 +1,9 @@
 # Constant reloading under load: `reloader run --every 100ms` while loadgen
 # sends REQUESTS requests, CONC at a time, each on a new TCP connection.
-# usage: reloader-load.sh STRATEGY CONC REQUESTS EXPECT [keepalive|migrate_req]
+# usage: reloader-load.sh STRATEGY CONC REQUESTS EXPECT [keepalive|migrate_req|egress]
 #   EXPECT: zero|few (at most 0.1% failed)|failures; keepalive: connections live across reloads (-k);
-#   migrate_req: net.ipv4.tcp_migrate_req=1 first (the plug still holds)
+#   migrate_req: net.ipv4.tcp_migrate_req=1 first (the plug still holds);
+#   egress: the local hold on lo's root tree (`--local-hold egress`), set up first with `qdisc setup`
 set -u
 STRATEGY=$1 CONC=$2 REQUESTS=$3 EXPECT=$4 KEEP=${5:-}
 K=""
@@ -12,10 +13,13 @@ if [ "$KEEP" = migrate_req ]; then
 fi
 fail() { echo "FAIL: $*"; tail -20 /tmp/reloader.log; exit 1; }
 
-# The machine as a user of the plug has it, for both strategies: the tree on lo.
-qdisc setup > /dev/null || fail "qdisc setup"
+HOLD=""
+if [ "$KEEP" = egress ]; then
+    qdisc setup > /dev/null || fail "qdisc setup"
+    HOLD="--local-hold egress"
+fi
 
-reloader run --strategy "$STRATEGY" --every 100ms --drain-timeout 10s --control /tmp/r.sock -- reuse-server 2>/tmp/reloader.log &
+reloader run --strategy "$STRATEGY" $HOLD --every 100ms --drain-timeout 10s --control /tmp/r.sock -- reuse-server 2>/tmp/reloader.log &
 R=$!
 for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/reloader.log && break; sleep 0.1; done
 grep -q 'reloader: serving' /tmp/reloader.log || fail "reloader did not start"

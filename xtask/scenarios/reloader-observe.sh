@@ -6,7 +6,6 @@
 set -u
 N=${1:-3000}
 fail() { echo "FAIL: $*"; tail -20 /tmp/o.log; exit 1; }
-qdisc setup > /dev/null || fail "qdisc setup"
 reloader run --strategy plug --every 100ms --drain-timeout 10s --metrics 127.0.0.1:9464 \
     --control /tmp/o.sock -- reuse-server 2>/tmp/o.log &
 R=$!

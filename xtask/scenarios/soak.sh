@@ -11,7 +11,7 @@ MINUTES=$1 STRATEGIES=$2
 OUT=${RESULTS:-/results}
 mkdir -p $OUT
 fail() { echo "SOAK-FAIL: $*"; tail -20 /tmp/soak-$s.log 2>/dev/null; exit 1; }
-qdisc setup --port 7000 > /dev/null || fail "qdisc setup"
+
 n=$(echo $STRATEGIES | wc -w)
 SECS=$((MINUTES * 60 / n))
 # Every 10 s, or more often in a short run: at least 12 samples.
@@ -42,7 +42,7 @@ for s in $STRATEGIES; do
     echo "time_s	rss_kb	fds	threads	children	zombies	plug_drops	reloads" > $OUT/soak-$s.tsv
     t=0
     while [ $t -le $SECS ]; do
-        drops=$(qdisc status --json | sed -n 's/.*"drops":\([0-9]*\).*/\1/p')
+        drops=$(qdisc --ingress status --json | sed -n 's/.*"drops":\([0-9]*\).*/\1/p')
         kids=$(grep -l "^PPid:[[:space:]]*$R\$" /proc/[0-9]*/status 2>/dev/null | wc -l)
         reloads=$(grep -c 'reload #[0-9]*: ok' /tmp/soak-$s.log)
         count_zombies

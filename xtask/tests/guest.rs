@@ -100,6 +100,32 @@ fn guest_reloader_plug_c32_zero_failures() {
     );
 }
 
+/// The seed's hold, the prio tree on lo's root, still holds every close
+/// (loadgen does not trip on the packet reordering it causes; ab does).
+#[test]
+fn guest_reloader_plug_egress_tree_c32_zero_failures() {
+    scenario_with(
+        "reloader-load",
+        &["plug", "32", "10000", "zero", "egress"],
+        Duration::from_secs(1200),
+    );
+}
+
+/// ab, a client nobody here wrote, across reloads every 100 ms at c=1 and
+/// c=32: every request answered (it stalled on the egress tree, issue 25).
+#[test]
+fn guest_reloader_ab_reloading_zero_failures() {
+    scenario_with("reloader-ab", &["reload", "5000"], Duration::from_secs(900));
+}
+
+/// ab at c=32 with the hold path installed and no reload: the path alone
+/// must not change what a client sees (the egress tree stalled ab in half
+/// of such runs).
+#[test]
+fn guest_hold_path_installed_ab_c32_completes() {
+    scenario_with("reloader-ab", &["idle", "5000"], Duration::from_secs(600));
+}
+
 /// The comparison has teeth: the same load without the plug loses requests.
 #[test]
 fn guest_reloader_none_c32_has_failures() {

@@ -13,4 +13,4 @@ pub mod run;
 pub mod stats;
 
 pub use http::{get, get_detailed, parse_response, try_get, wait_ready, Outcome};
-pub use run::{run, Options, Record, Report};
+pub use run::{run, Live, Options, Record, Report};

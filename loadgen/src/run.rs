@@ -29,6 +29,17 @@ pub struct Options {
     pub record: bool,
     /// Print a progress line on stderr.
     pub progress: bool,
+    /// Shared with the caller while the load runs: how many requests are
+    /// done, and a switch that stops it (so a load can span an event and
+    /// end after it, instead of racing it with a fixed count).
+    pub live: Option<Arc<Live>>,
+}
+
+/// See [`Options::live`].
+#[derive(Debug, Default)]
+pub struct Live {
+    pub done: AtomicUsize,
+    pub stop: AtomicBool,
 }
 
 impl Options {
@@ -44,6 +55,7 @@ impl Options {
             rate: None,
             record: false,
             progress: false,
+            live: None,
         }
     }
 }
@@ -137,6 +149,7 @@ impl Worker {
 /// `requests` requests or `duration`, each request bounded by `timeout`.
 pub fn run(opts: &Options) -> Report {
     let next = Arc::new(AtomicUsize::new(0));
+    let live = opts.live.clone().unwrap_or_default();
     let done = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let report = Arc::new(Mutex::new(Report::default()));
@@ -154,8 +167,13 @@ pub fn run(opts: &Options) -> Report {
     });
     let workers: Vec<_> = (0..opts.concurrency.max(1))
         .map(|_| {
-            let (next, done, failed, report) =
-                (next.clone(), done.clone(), failed.clone(), report.clone());
+            let (next, done, failed, report, live) = (
+                next.clone(),
+                done.clone(),
+                failed.clone(),
+                report.clone(),
+                live.clone(),
+            );
             let mut worker = Worker {
                 opts: opts.clone(),
                 conn: None,
@@ -164,7 +182,10 @@ pub fn run(opts: &Options) -> Report {
                 let opts = worker.opts.clone();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= opts.requests || opts.duration.is_some_and(|d| start.elapsed() >= d) {
+                    if i >= opts.requests
+                        || opts.duration.is_some_and(|d| start.elapsed() >= d)
+                        || live.stop.load(Ordering::Relaxed)
+                    {
                         break;
                     }
                     // Open loop: wait for this request's instant, and count
@@ -184,6 +205,7 @@ pub fn run(opts: &Options) -> Report {
                     let kind = outcome.kind();
                     done.fetch_add(1, Ordering::Relaxed);
                     let mut r = report.lock().unwrap();
+                    live.done.fetch_add(1, Ordering::Relaxed);
                     let pid = match outcome {
                         Outcome::Ok(pid) => {
                             r.ok += 1;

@@ -497,6 +497,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
 
     log(&why_strategy(&args, handoff.as_ref()));
+    if args.strategy == Strategy::Plug && softnet::backlogs()?.is_none() {
+        log("fallback: this kernel's /proc/net/softnet_stat has no backlog column (before 5.10): each hold waits a fixed 5 ms for SYNs still in a CPU's backlog");
+    }
     let opts = Options {
         handoff,
         port: args.addr[0].port(),

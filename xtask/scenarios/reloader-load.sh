@@ -34,6 +34,7 @@ ok=$(grep -c 'reload #[0-9]*: ok' /tmp/reloader.log)
 bad=$(grep -c 'reload #[0-9]*: rolled back' /tmp/reloader.log)
 echo "strategy=$STRATEGY c=$CONC: $ok reloads ok, $bad rolled back; reloader exit $rc"
 grep 'reloader: exit' /tmp/reloader.log
+grep 'fallback:' /tmp/reloader.log
 [ "$rc" = 0 ] || fail "reloader exited $rc"
 [ "$ok" -ge 5 ] || fail "too few reloads during the load ($ok)"
 failed=$(sed -n 's/.* failed=\([0-9]*\) .*/\1/p' /tmp/load.out)

@@ -271,7 +271,25 @@ fn stage_modules(kernel: &Kernel, stage: &Path) -> Result<()> {
                 .map(|d| d.replace('-', "_")),
         );
         let rel = path.strip_prefix(&kernel.modules)?;
-        copy(path, &stage.join("lib/modules").join(&version).join(rel))?;
+        let dst = stage.join("lib/modules").join(&version).join(rel);
+        match rel.extension().is_some_and(|e| e == "xz") {
+            // 6.12 ships `.ko.xz`: unpacked here, so the guest's busybox
+            // modprobe (which may not read xz) gets plain `.ko` files.
+            true => {
+                let plain = dst.with_extension("");
+                fs::create_dir_all(plain.parent().unwrap())?;
+                let out = crate::exec::output(Command::new("xz").arg("-dc").arg(path))?;
+                if !out.status.success() {
+                    bail!(
+                        "xz -dc {}: {}",
+                        path.display(),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                fs::write(&plain, out.stdout)?;
+            }
+            false => copy(path, &dst)?,
+        }
     }
     for f in [
         "modules.order",
@@ -295,7 +313,7 @@ fn index_modules(dir: &Path, out: &mut std::collections::HashMap<String, PathBuf
         } else if let Some(name) = p
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".ko"))
+            .and_then(|n| n.strip_suffix(".ko").or_else(|| n.strip_suffix(".ko.xz")))
         {
             out.insert(name.replace('-', "_"), p.clone());
         }

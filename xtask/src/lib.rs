@@ -6,6 +6,8 @@
 //! - [`build`]: static builds of the project's binaries for the guest.
 //! - [`bench`]: `bench` and `demo`, the seed's experiment reproduced.
 //! - [`soak`]: the long run under reloading, leaks and zombies watched.
+//! - [`matrix`]: the core guest scenarios on several Debian kernels.
+//! - [`flaky`]: the host tests N times, each failing test counted.
 //! - [`tasks`]: `setup-qdiscs`, `bench-plug`.
 //! - [`exec`]: running external tools with errors that name the command.
 
@@ -13,7 +15,9 @@ pub mod bench;
 pub mod build;
 pub mod cpio;
 pub mod exec;
+pub mod flaky;
 pub mod initramfs;
+pub mod matrix;
 pub mod provision;
 pub mod soak;
 pub mod tasks;

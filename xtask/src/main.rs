@@ -30,6 +30,11 @@ enum Task {
     /// The long run: every strategy under reloading and a mixed load, the
     /// reloader's RSS, fds and children sampled; fails on any leak or loss.
     Soak(xtask::soak::SoakArgs),
+    /// The core guest scenarios on each of several Debian kernels, a table.
+    Matrix(xtask::matrix::MatrixArgs),
+    /// Run the host tests (all but the guest tests) N times; print each
+    /// failing test with its count.
+    Flaky(xtask::flaky::FlakyArgs),
     /// Median plug+release cost in-process vs spawning tc, host and VM
     /// (ARGS go to plug-bench: --iterations N --spawns N).
     BenchPlug {
@@ -45,6 +50,8 @@ fn main() -> ExitCode {
         Task::Demo(a) => xtask::bench::demo(a).map(|()| ExitCode::SUCCESS),
         Task::Bench(a) => xtask::bench::bench(a).map(|()| ExitCode::SUCCESS),
         Task::Soak(a) => xtask::soak::soak(a).map(|()| ExitCode::SUCCESS),
+        Task::Matrix(a) => xtask::matrix::matrix(a).map(|()| ExitCode::SUCCESS),
+        Task::Flaky(a) => xtask::flaky::flaky(a),
         Task::BenchPlug { args } => xtask::tasks::bench_plug(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {

@@ -35,6 +35,8 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     ("ab", "apache2-utils"),
     ("curl", "curl"),
     ("setcap", "libcap2-bin"),
+    // 6.12 kernels ship their modules as .ko.xz.
+    ("xz", "xz-utils"),
     // For the guest booted with systemd as PID 1 (the README's install
     // steps): systemd itself, and useradd.
     ("systemctl", "systemd"),
@@ -123,8 +125,15 @@ impl Kernel {
 /// The current Debian `linux-image-*-amd64`, downloaded once into `cache`
 /// (`apt-get download`, `dpkg-deb -x`) and reused afterwards.
 pub fn debian_kernel(cache: &Path) -> Result<Kernel> {
+    debian_kernel_package(cache, "linux-image-amd64")
+}
+
+/// The Debian kernel package `name` (a versioned `linux-image-...`, or a
+/// metapackage such as `linux-image-cloud-amd64`, followed to the package
+/// it depends on), downloaded once into `cache`.
+pub fn debian_kernel_package(cache: &Path, name: &str) -> Result<Kernel> {
     let kernels = cache.join("kernel");
-    let package = match current_kernel_package() {
+    let package = match resolve_kernel_package(name) {
         Ok(p) => p,
         Err(e) => {
             // Offline, or apt cannot tell: fall back to one we already have.
@@ -177,16 +186,24 @@ pub fn debian_kernel(cache: &Path) -> Result<Kernel> {
         .with_context(|| format!("{package} has no boot/vmlinuz-* and lib/modules/<version>"))
 }
 
-/// `apt-cache depends linux-image-amd64` names the current versioned package.
-fn current_kernel_package() -> Result<String> {
+/// A metapackage (`apt-cache depends linux-image-amd64` names the current
+/// versioned package) is followed once; a versioned package is itself.
+fn resolve_kernel_package(name: &str) -> Result<String> {
     let ask = || -> Result<Option<String>> {
-        let out = exec(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
-        Ok(out
+        let out = exec(Command::new("apt-cache").args(["depends", name]))?;
+        let dep = out
             .lines()
             .filter_map(|l| l.trim().strip_prefix("Depends:"))
             .map(str::trim)
             .find(|p| p.starts_with("linux-image-") && !p.starts_with('<'))
-            .map(str::to_owned))
+            .map(str::to_owned);
+        // A versioned image depends on no other image: it is the package.
+        Ok(dep.or_else(|| {
+            out.lines()
+                .next()
+                .map(|l| l.trim().to_owned())
+                .filter(|l| l == name)
+        }))
     };
     if let Some(p) = ask().unwrap_or(None) {
         return Ok(p);
@@ -198,7 +215,7 @@ fn current_kernel_package() -> Result<String> {
             return Ok(p);
         }
     }
-    bail!("apt-cache does not know linux-image-amd64 (run `apt-get update`, or pass --kernel and --modules)")
+    bail!("apt-cache does not know {name} (run `apt-get update`; `apt-cache search --names-only ^linux-image-` lists the kernels)")
 }
 
 /// Kernels unpacked under `dir`, oldest name first.

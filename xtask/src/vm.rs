@@ -29,13 +29,26 @@ pub struct Prepared {
 /// Provisions host tools and the kernel (unless given), builds the project's
 /// static binaries and the base initramfs.
 pub fn prepare(kernel: Option<Kernel>) -> Result<Prepared> {
-    let root = workspace_root();
-    let work = root.join("target/vm");
+    let work = workspace_root().join("target/vm");
     provision::host_tools()?;
     let kernel = match kernel {
         Some(k) => k,
         None => provision::debian_kernel(&work)?,
     };
+    prepare_kernel(kernel)
+}
+
+/// The same with the Debian kernel package `name` (see
+/// [`provision::debian_kernel_package`]).
+pub fn prepare_package(name: &str) -> Result<Prepared> {
+    let work = workspace_root().join("target/vm");
+    provision::host_tools()?;
+    prepare_kernel(provision::debian_kernel_package(&work, name)?)
+}
+
+fn prepare_kernel(kernel: Kernel) -> Result<Prepared> {
+    let root = workspace_root();
+    let work = root.join("target/vm");
     let bins = build::static_binaries(&root)?;
     let base_initrd = initramfs::build(
         &kernel,
@@ -226,6 +239,11 @@ pub struct VmArgs {
     /// Its lib/modules/<version> folder (with --kernel).
     #[arg(long, value_name = "DIR", requires = "kernel")]
     pub modules: Option<PathBuf>,
+    /// A Debian kernel package to boot instead of the current
+    /// linux-image-amd64 (e.g. linux-image-cloud-amd64, or a versioned
+    /// linux-image-6.12.*; downloaded once).
+    #[arg(long, value_name = "NAME", conflicts_with = "kernel")]
+    pub kernel_package: Option<String>,
     /// The command to run in the guest.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -237,7 +255,10 @@ pub fn main(args: VmArgs) -> Result<i32> {
         (Some(vmlinuz), Some(modules)) => Some(Kernel { vmlinuz, modules }),
         _ => None,
     };
-    let prepared = prepare(kernel)?;
+    let prepared = match &args.kernel_package {
+        Some(name) => prepare_package(name)?,
+        None => prepare(kernel)?,
+    };
     let start = Instant::now();
     let timeout = Duration::from_secs(args.timeout);
     let code = prepared.run(&args.command, timeout, |l| eprintln!("{l}"))?;

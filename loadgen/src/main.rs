@@ -70,6 +70,13 @@ struct RunArgs {
     /// after MS milliseconds).
     #[arg(long, default_value = "/")]
     path: String,
+    /// Past -n, go on until N distinct server PIDs answered (a load that
+    /// spans N-1 reloads however fast the machine), at most -d SECS.
+    #[arg(long, value_name = "N", requires = "duration")]
+    min_servers: Option<usize>,
+    /// Past -n, go on until a request failed, at most -d SECS.
+    #[arg(long, requires = "duration")]
+    until_failure: bool,
 }
 
 fn main() -> ExitCode {
@@ -162,6 +169,8 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     }
     opts.keepalive = args.keepalive;
     opts.path = args.path;
+    opts.min_servers = args.min_servers.unwrap_or(0);
+    opts.until_failure = args.until_failure;
     opts.progress = args.progress;
     opts.record = args.tsv.is_some();
     let r = loadgen::run(&opts);

@@ -33,6 +33,13 @@ pub struct Options {
     /// done, and a switch that stops it (so a load can span an event and
     /// end after it, instead of racing it with a fixed count).
     pub live: Option<Arc<Live>>,
+    /// Past `requests`, go on until this many distinct server PIDs have
+    /// answered (a load that must span that many reloads), bounded by
+    /// `duration`.
+    pub min_servers: usize,
+    /// Past `requests`, go on until one request has failed (a check that
+    /// unprotected reloads lose requests), bounded by `duration`.
+    pub until_failure: bool,
 }
 
 /// See [`Options::live`].
@@ -40,6 +47,8 @@ pub struct Options {
 pub struct Live {
     pub done: AtomicUsize,
     pub stop: AtomicBool,
+    /// Distinct server PIDs that have answered.
+    pub servers: AtomicUsize,
 }
 
 impl Options {
@@ -56,6 +65,8 @@ impl Options {
             record: false,
             progress: false,
             live: None,
+            min_servers: 0,
+            until_failure: false,
         }
     }
 }
@@ -182,7 +193,10 @@ pub fn run(opts: &Options) -> Report {
                 let opts = worker.opts.clone();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= opts.requests
+                    let counted = i >= opts.requests
+                        && live.servers.load(Ordering::Relaxed) >= opts.min_servers
+                        && (!opts.until_failure || failed.load(Ordering::Relaxed) > 0);
+                    if counted
                         || opts.duration.is_some_and(|d| start.elapsed() >= d)
                         || live.stop.load(Ordering::Relaxed)
                     {
@@ -210,6 +224,7 @@ pub fn run(opts: &Options) -> Report {
                         Outcome::Ok(pid) => {
                             r.ok += 1;
                             *r.pids.entry(pid).or_default() += 1;
+                            live.servers.store(r.pids.len(), Ordering::Relaxed);
                             Some(pid)
                         }
                         failure => {

@@ -24,7 +24,14 @@ R=$!
 for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/reloader.log && break; sleep 0.1; done
 grep -q 'reloader: serving' /tmp/reloader.log || fail "reloader did not start"
 
-loadgen run 127.0.0.1:7000 -c "$CONC" -n "$REQUESTS" $K | tee /tmp/load.out
+# The load spans reloads however fast the machine: past REQUESTS it goes on
+# until 6 generations answered (5 reloads), or, when failures are expected,
+# until one request failed; at most 15 minutes either way.
+case $EXPECT in
+  failures) SPAN="--until-failure" ;;
+  *) SPAN="--min-servers 6" ;;
+esac
+loadgen run 127.0.0.1:7000 -c "$CONC" -n "$REQUESTS" $K $SPAN -d 900 | tee /tmp/load.out
 kill -TERM $R
 wait $R
 rc=$?

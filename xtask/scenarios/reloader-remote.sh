@@ -80,7 +80,6 @@ path)
     ;;
 load)
     STRATEGY=$2 CONC=$3 N=$4 EXPECT=$5
-    $S qdisc setup > /dev/null || fail "qdisc setup (lo)"
     INGRESS=""
     [ "$STRATEGY" = plug ] && INGRESS="--ingress veth-s"
     $S reloader run --strategy "$STRATEGY" $INGRESS --addr 0.0.0.0:7000 --every 100ms \
@@ -89,11 +88,15 @@ load)
     R=$!
     for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/remote.log && break; sleep 0.1; done
     grep -q 'reloader: serving' /tmp/remote.log || fail "reloader did not start"
-    $C loadgen run 192.0.2.1:7000 -c "$CONC" -n "$N" > /tmp/v4.out &
+    # Each load spans at least 5 reloads however fast the machine; the
+    # comparison without protection goes on until a remote request failed.
+    SPAN4="--min-servers 6"
+    [ "$EXPECT" = failures ] && SPAN4="--until-failure"
+    $C loadgen run 192.0.2.1:7000 -c "$CONC" -n "$N" $SPAN4 -d 900 > /tmp/v4.out &
     L4=$!
-    $C loadgen run '[2001:db8::1]:7000' -c "$CONC" -n "$N" > /tmp/v6.out &
+    $C loadgen run '[2001:db8::1]:7000' -c "$CONC" -n "$N" --min-servers 6 -d 900 > /tmp/v6.out &
     L6=$!
-    $S loadgen run 127.0.0.1:7000 -c "$CONC" -n "$N" > /tmp/lo.out &
+    $S loadgen run 127.0.0.1:7000 -c "$CONC" -n "$N" --min-servers 6 -d 900 > /tmp/lo.out &
     LL=$!
     wait $L4; wait $L6; wait $LL
     kill -TERM $R

@@ -30,8 +30,8 @@ const PRIO_V6: u16 = 2;
 #[derive(Debug, Clone)]
 pub struct IngressConfig {
     pub dev: String,
-    /// The served port (`None`: SYNs to every port).
-    pub port: Option<u16>,
+    /// The served ports (empty: SYNs to every port).
+    pub ports: Vec<u16>,
     /// The plug's limit in bytes.
     pub limit: u32,
 }
@@ -150,7 +150,8 @@ fn build(
             limit: cfg.limit,
             classifier: Classifier::U32,
             sources: Sources::Any,
-            port: cfg.port,
+            // Only redirected SYNs reach the ifb: its plug takes them all.
+            port: None,
         },
         MarkRule::NotOurs,
     )?;
@@ -180,28 +181,36 @@ fn build(
                 },
             )?;
         }
-        let mut keys = match family {
-            Family::Ipv4 => u32::syn_keys_v4(None),
-            Family::Ipv6 => u32::syn_keys_v6(None),
+        // One filter per port, all at the family's priority (so one
+        // delete removes them together); none for every port.
+        let ports: Vec<Option<u16>> = match cfg.ports.is_empty() {
+            true => vec![None],
+            false => cfg.ports.iter().copied().map(Some).collect(),
         };
-        if let Some(port) = cfg.port {
-            keys.push(match family {
-                Family::Ipv4 => u32::dport_key_v4(port),
-                Family::Ipv6 => u32::dport_key_v6(port),
-            });
+        for port in ports {
+            let mut keys = match family {
+                Family::Ipv4 => u32::syn_keys_v4(None),
+                Family::Ipv6 => u32::syn_keys_v6(None),
+            };
+            if let Some(port) = port {
+                keys.push(match family {
+                    Family::Ipv4 => u32::dport_key_v4(port),
+                    Family::Ipv6 => u32::dport_key_v6(port),
+                });
+            }
+            rt.request(
+                ingress::redirect(ifindex, prio, proto, &keys, ifb_index as u32),
+                &|| {
+                    (
+                        format!(
+                            "add u32 redirect of {} SYNs on {dev} to {ifb}",
+                            family.name()
+                        ),
+                        Object::Filter(u32::KIND),
+                    )
+                },
+            )?;
         }
-        rt.request(
-            ingress::redirect(ifindex, prio, proto, &keys, ifb_index as u32),
-            &|| {
-                (
-                    format!(
-                        "add u32 redirect of {} SYNs on {dev} to {ifb}",
-                        family.name()
-                    ),
-                    Object::Filter(u32::KIND),
-                )
-            },
-        )?;
         added.redirects = true;
     }
     Ok(())

@@ -47,9 +47,10 @@ enum Command {
         #[arg(long = "source", value_name = "ADDR|any")]
         sources: Vec<String>,
         /// Hold only SYNs to this destination port (the served port), so no
-        /// other connection on the machine ever waits. Default: every port.
-        #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-        port: Option<u16>,
+        /// other connection on the machine ever waits; repeatable with
+        /// --ingress (a server of several ports). Default: every port.
+        #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+        ports: Vec<u16>,
     },
     /// Remove our tree (releasing the plug first) and our nf_tables tables.
     /// Touches nothing else.
@@ -94,8 +95,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             classifier,
             limit,
             sources,
-            port,
+            ports,
         } => {
+            anyhow::ensure!(
+                ports.len() <= 1,
+                "the tree on a device's root holds one port: give one --port, or use --ingress for several"
+            );
+            let port = ports.first().copied();
             let classifier = classifier.unwrap_or(Classifier::Fw);
             let sources = parse_sources(&sources)?;
             qdisc::setup(&Config {
@@ -183,7 +189,7 @@ fn run_ingress(cli: Cli) -> anyhow::Result<ExitCode> {
             classifier,
             limit,
             sources,
-            port,
+            ports,
         } => {
             anyhow::ensure!(
                 classifier.unwrap_or(Classifier::U32) == Classifier::U32,
@@ -193,15 +199,17 @@ fn run_ingress(cli: Cli) -> anyhow::Result<ExitCode> {
                 sources.is_empty(),
                 "--ingress holds SYNs from every source to the port; --source does not apply"
             );
+            let which = match ports.as_slice() {
+                [] => "every port".to_owned(),
+                [p] => format!("port {p}"),
+                many => format!("ports {many:?}"),
+            };
             qdisc::ingress::setup(&qdisc::IngressConfig {
                 dev: dev.clone(),
-                port,
+                ports,
                 limit,
             })?;
-            println!(
-                "qdisc: ingress path ready on {dev} -> {ifb} ({}, plug released)",
-                port.map_or("every port".into(), |p| format!("port {p}"))
-            );
+            println!("qdisc: ingress path ready on {dev} -> {ifb} ({which}, plug released)");
         }
         Command::Teardown => {
             qdisc::ingress::teardown(&dev)?;

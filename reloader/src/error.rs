@@ -49,10 +49,10 @@ pub enum Error {
 pub enum Refusal {
     #[error("new server PID {pid} exited ({status})")]
     Exited { pid: u32, status: String },
-    #[error("new server PID {pid} did not bind port {port} within {within:?}")]
+    #[error("new server PID {pid} did not listen on ports {ports:?} within {within:?}")]
     NoBind {
         pid: u32,
-        port: u16,
+        ports: Vec<u16>,
         within: Duration,
     },
     #[error("new server PID {pid} not healthy within {within:?}: {why}")]

@@ -181,8 +181,8 @@ impl Generation {
     }
 
     /// SIGTERM, remembering when (the drain deadline counts from here).
-    pub fn stop(&mut self) {
-        self.signal(libc::SIGTERM);
+    pub fn stop(&mut self, sig: i32) {
+        self.signal(sig);
         self.stopping_since.get_or_insert_with(Instant::now);
     }
 

@@ -15,13 +15,16 @@ use crate::generation::Generation;
 use crate::handoff::Handoff;
 use crate::listeners::Listeners;
 
+/// Every question is about the served ports (all of `--addr`'s): a
+/// generation is one server however many ports it serves, and they are
+/// watched, held and released as one.
 pub trait Kernel {
-    /// Inodes of the listening sockets on `port`, both families.
-    fn on_port(&mut self, port: u16) -> Result<BTreeSet<u32>, Error>;
-    /// Handshakes to `port` that are half done.
-    fn half_open(&mut self, port: u16) -> Result<usize, Error>;
-    /// Inodes of established connections to `port` (0: still queued).
-    fn established(&mut self, port: u16) -> Result<Vec<u32>, Error>;
+    /// Inodes of the listening sockets on `ports`, both families.
+    fn on_port(&mut self, ports: &[u16]) -> Result<BTreeSet<u32>, Error>;
+    /// Handshakes to `ports` that are half done.
+    fn half_open(&mut self, ports: &[u16]) -> Result<usize, Error>;
+    /// Inodes of established connections to `ports` (0: still queued).
+    fn established(&mut self, ports: &[u16]) -> Result<Vec<u32>, Error>;
     /// Each CPU's receive backlog, `None` when the kernel does not say.
     fn backlogs(&mut self) -> Result<Option<Vec<u64>>, Error>;
     /// Packets in the queues of our ifb devices (`--ingress`), `None`
@@ -60,14 +63,26 @@ impl Real {
 }
 
 impl Kernel for Real {
-    fn on_port(&mut self, port: u16) -> Result<BTreeSet<u32>, Error> {
-        Ok(self.diag.on_port(port)?)
+    fn on_port(&mut self, ports: &[u16]) -> Result<BTreeSet<u32>, Error> {
+        let mut all = BTreeSet::new();
+        for p in ports {
+            all.extend(self.diag.on_port(*p)?);
+        }
+        Ok(all)
     }
-    fn half_open(&mut self, port: u16) -> Result<usize, Error> {
-        Ok(self.diag.half_open(port)?)
+    fn half_open(&mut self, ports: &[u16]) -> Result<usize, Error> {
+        let mut n = 0;
+        for p in ports {
+            n += self.diag.half_open(*p)?;
+        }
+        Ok(n)
     }
-    fn established(&mut self, port: u16) -> Result<Vec<u32>, Error> {
-        Ok(self.diag.established(port)?)
+    fn established(&mut self, ports: &[u16]) -> Result<Vec<u32>, Error> {
+        let mut all = Vec::new();
+        for p in ports {
+            all.extend(self.diag.established(*p)?);
+        }
+        Ok(all)
     }
     fn backlogs(&mut self) -> Result<Option<Vec<u64>>, Error> {
         crate::softnet::backlogs().map_err(Error::Softnet)

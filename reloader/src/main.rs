@@ -89,6 +89,12 @@ struct RunArgs {
     /// How long a new server may take to listen and pass its check.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     ready_timeout: Duration,
+    /// The signal that makes the server drain and exit. Servers differ:
+    /// nginx QUIT (its TERM is a fast shutdown that drops connections),
+    /// HAProxy USR1 (TERM is its hard stop), gunicorn, uvicorn, reuse-server
+    /// TERM, puma TERM, unicorn QUIT. A name (QUIT, SIGQUIT) or a number.
+    #[arg(long, value_name = "SIGNAL", default_value = "TERM", value_parser = parse_signal)]
+    stop_signal: i32,
     /// How long an old server may take to drain before SIGKILL.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -191,6 +197,31 @@ fn why_strategy(args: &RunArgs, handoff: Option<&handoff::Handoff>) -> String {
 }
 
 /// `100ms`, `2s`, `1m 30s` (humantime's syntax).
+/// The signals a server may take as "drain and exit".
+const STOP_SIGNALS: &[(&str, i32)] = &[
+    ("TERM", libc::SIGTERM),
+    ("QUIT", libc::SIGQUIT),
+    ("INT", libc::SIGINT),
+    ("HUP", libc::SIGHUP),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+    ("WINCH", libc::SIGWINCH),
+];
+
+fn parse_signal(s: &str) -> Result<i32, String> {
+    let name = s.trim_start_matches("SIG");
+    if let Some((_, n)) = STOP_SIGNALS.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        return Ok(*n);
+    }
+    match s.parse::<i32>() {
+        Ok(n) if STOP_SIGNALS.iter().any(|(_, v)| *v == n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a stop signal: one of {} (a name or its number)",
+            STOP_SIGNALS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (want e.g. 100ms, 2s, 1m)"))
 }
@@ -300,6 +331,14 @@ enum LocalHold {
 }
 
 impl RunArgs {
+    /// Every `--addr`'s port, once each.
+    fn ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.addr.iter().map(|a| a.port()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
     /// The devices whose ingress path we hold (an ifb each): DEV's own for
     /// local clients unless its egress tree does that, then each --ingress.
     fn ingress_devs(&self) -> Vec<&str> {
@@ -390,22 +429,24 @@ fn open_released(dev: &str) -> anyhow::Result<Plug> {
 /// The ingress path of `dev` (an ifb of ours holds the SYNs to our port
 /// that arrive on it), set up unless told not to.
 fn prepare_ingress(args: &RunArgs, dev: &str) -> anyhow::Result<Plug> {
-    let port = args.addr[0].port();
+    let ports = args.ports();
     if args.no_setup {
         let s = qdisc::ingress::status(dev)?;
+        let flags: Vec<String> = ports.iter().map(|p| format!("--port {p}")).collect();
         anyhow::ensure!(
             s.complete(),
-            "the ingress path is missing or incomplete on {dev}: run `qdisc --dev {dev} --ingress setup --port {port}`, or drop --no-setup"
+            "the ingress path is missing or incomplete on {dev}: run `qdisc --dev {dev} --ingress setup {}`, or drop --no-setup",
+            flags.join(" ")
         );
     } else {
         qdisc::ingress::setup(&qdisc::IngressConfig {
             dev: dev.to_owned(),
-            port: Some(port),
+            ports: ports.clone(),
             limit: qdisc::DEFAULT_LIMIT,
         })
         .with_context(|| format!("setting up the ingress path on {dev}"))?;
         log(&format!(
-            "ingress path on {dev} holds SYNs to port {port} only (u32 redirect to {})",
+            "ingress path on {dev} holds SYNs to ports {ports:?} only (u32 redirect to {})",
             qdisc::ifb_of(dev)
         ));
     }
@@ -440,6 +481,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Strategy::Plug => {
             let mut plugs = Vec::new();
             if args.local_hold == LocalHold::Egress {
+                anyhow::ensure!(
+                    args.ports().len() == 1,
+                    "--local-hold egress holds one port (the tree's filter); drop it to hold ports {:?} on {}'s ingress",
+                    args.ports(),
+                    args.dev
+                );
                 _owners.push(owner::take(&args.dev, args.addr[0].port())?);
                 plugs.push(prepare_plug(&args)?);
             } else {
@@ -502,11 +549,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let opts = Options {
         handoff,
-        port: args.addr[0].port(),
+        ports: args.ports(),
         check,
         ready_timeout: args.ready_timeout,
         drain_timeout: args.drain_timeout,
         hold_limit: args.hold_limit,
+        stop_signal: args.stop_signal,
     };
     let ifbs: Vec<String> = match args.strategy {
         Strategy::Plug => args.ingress_devs().into_iter().map(qdisc::ifb_of).collect(),

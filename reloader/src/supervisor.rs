@@ -14,7 +14,8 @@
 //! 3. check it: on its gate address (it has no client yet; SIGUSR2 then
 //!    makes it join), or on the served port. A failure rolls back: the new
 //!    one is closed as in 4 and the old one keeps serving;
-//! 4. close the old one: hold; wait until no handshake is half done; SIGTERM;
+//! 4. close the old one: hold; wait until no handshake is half done; the
+//!    stop signal (SIGTERM unless `--stop-signal`);
 //!    wait until its listeners left the group; release. The hold never
 //!    outlasts `--hold-limit`. It is kept with `tcp_migrate_req=1` too: the
 //!    kernel's migration alone lost requests under load (the soak);
@@ -52,12 +53,15 @@ const SETTLE_SEEN: Duration = Duration::ZERO;
 pub struct Options {
     /// The sockets every generation gets (`--strategy handoff`).
     pub handoff: Option<crate::handoff::Handoff>,
-    pub port: u16,
+    /// The served ports (every `--addr`'s), watched and held as one.
+    pub ports: Vec<u16>,
     pub check: Check,
     pub ready_timeout: Duration,
     pub drain_timeout: Duration,
     /// The longest one hold may last.
     pub hold_limit: Duration,
+    /// What tells a generation to drain and exit (`--stop-signal`).
+    pub stop_signal: i32,
 }
 
 /// What the steps share: options, the strategy, the kernel's answers, how
@@ -162,7 +166,26 @@ pub fn log(msg: &str) {
 impl Ctx {
     /// Listeners on our port (IPv4 and IPv6). A failed query is an error.
     fn listening(&mut self) -> Result<BTreeSet<u32>, Error> {
-        self.kernel.on_port(self.opts.port)
+        self.kernel.on_port(&self.opts.ports)
+    }
+
+    /// The served ports on which `gen` has no listener yet (a server of
+    /// several ports has joined only once it listens on each).
+    fn missing_ports(&mut self, gen: &Generation) -> Result<Vec<u16>, Error> {
+        if self.opts.ports.len() < 2 {
+            return Ok(Vec::new());
+        }
+        let own = gen.sockets().map_err(|source| Error::Proc {
+            pid: gen.pid,
+            source,
+        })?;
+        let mut missing = Vec::new();
+        for p in self.opts.ports.clone() {
+            if !self.kernel.on_port(&[p])?.iter().any(|i| own.contains(i)) {
+                missing.push(p);
+            }
+        }
+        Ok(missing)
     }
 
     /// `gen`'s listeners in the group: sock_diag's listeners that are among
@@ -202,7 +225,7 @@ impl Ctx {
             // That refusal is retried; if it outlasts the ready timeout it
             // is the answer.
             let denied = match self.its_listeners(gen) {
-                Ok(mine) if !mine.is_empty() => {
+                Ok(mine) if !mine.is_empty() && self.missing_ports(gen)?.is_empty() => {
                     gen.listeners = mine;
                     return Ok(Started::Joined);
                 }
@@ -219,7 +242,7 @@ impl Ctx {
                     Some(e) => e.into(),
                     None => Refusal::NoBind {
                         pid: gen.pid,
-                        port: self.opts.port,
+                        ports: self.opts.ports.clone(),
                         within: self.opts.ready_timeout,
                     },
                 });
@@ -276,8 +299,8 @@ impl Ctx {
                 ready |= pid == gen.pid && note == Note::Ready;
             }
             let mine = self.its_listeners(gen)?;
-            // READY=1 comes after its last listen(); without it, one is enough.
-            if ready && !mine.is_empty() {
+            // READY=1 comes after its last listen().
+            if ready && !mine.is_empty() && self.missing_ports(gen)?.is_empty() {
                 gen.listeners = mine;
                 return Ok(());
             }
@@ -305,7 +328,7 @@ impl Ctx {
             // In this order: see the comment on SETTLE_SEEN.
             let backlogs = self.kernel.backlogs()?;
             let ifb = self.kernel.ifb_queued()?;
-            let open = self.kernel.half_open(self.opts.port)?;
+            let open = self.kernel.half_open(&self.opts.ports)?;
             ifb_drained |= ifb.is_none_or(|n| n == 0);
             let seen = match backlogs {
                 Some(b) => {
@@ -334,8 +357,8 @@ impl Ctx {
             }
             if now >= end {
                 log(&format!(
-                    "warning: {open} handshake(s) to port {} not settled after {}; closing anyway (hold limit)",
-                    self.opts.port,
+                    "warning: {open} handshake(s) to ports {:?} not settled after {}; closing anyway (hold limit)",
+                    self.opts.ports,
                     ms(start.elapsed())
                 ));
                 return Ok(());
@@ -350,7 +373,7 @@ impl Ctx {
     /// had at `end`: the ones the kill cuts.
     async fn wait_idle(&mut self, gen: &Generation, end: Instant) -> Result<usize, Error> {
         loop {
-            let est = self.kernel.established(self.opts.port)?;
+            let est = self.kernel.established(&self.opts.ports)?;
             let own = gen.sockets().map_err(|source| Error::Proc {
                 pid: gen.pid,
                 source,
@@ -467,7 +490,7 @@ impl Supervisor {
     ) -> Result<Self, Error> {
         // Ask once now: a kernel without tcp_diag must stop us here, not
         // make every reload unprotected.
-        let found = kernel.on_port(opts.port)?;
+        let found = kernel.on_port(&opts.ports)?;
         // Generations a killed reloader left serving: adopted now, retired
         // with the same protocol once ours serves, so exactly one remains.
         let orphans = Self::adopt_orphans(&found)?;
@@ -503,7 +526,8 @@ impl Supervisor {
                     sup.current.listeners
                 ));
                 for mut orphan in orphans {
-                    let closed = sup.ctx.close(&mut orphan, libc::SIGTERM).await;
+                    let stop = sup.ctx.opts.stop_signal;
+                    let closed = sup.ctx.close(&mut orphan, stop).await;
                     log(&format!(
                         "retired orphaned PID {}: held {}",
                         orphan.pid,
@@ -597,7 +621,8 @@ impl Supervisor {
         if let Err(why) = up {
             let mut new = self.pending.take().expect("pending generation");
             let pid = new.pid;
-            let closed = self.ctx.close(&mut new, libc::SIGTERM).await;
+            let stop = self.ctx.opts.stop_signal;
+            let closed = self.ctx.close(&mut new, stop).await;
             self.retire(new, closed.as_ref().ok());
             let held = closed.map_err(failed)?.held;
             return Err(ReloadError::RolledBack {
@@ -611,7 +636,8 @@ impl Supervisor {
 
         // Step 4 on the current generation, which stays reachable in `self`
         // until it is out of the group.
-        let closed = self.ctx.close(&mut self.current, libc::SIGTERM).await;
+        let stop = self.ctx.opts.stop_signal;
+        let closed = self.ctx.close(&mut self.current, stop).await;
         let new = self.pending.take().expect("pending generation");
         let old = std::mem::replace(&mut self.current, new);
         self.retire(old, closed.as_ref().ok());
@@ -712,16 +738,17 @@ impl Supervisor {
         }
     }
 
-    /// Stops every generation (SIGTERM, SIGKILL at the drain timeout) and
+    /// Stops every generation (the stop signal, SIGKILL at the drain timeout) and
     /// releases the plug. Safe after a reload was cancelled half-way.
     pub async fn shutdown(&mut self) {
         self.ctx.swap.release_quietly();
         let drain = self.ctx.opts.drain_timeout;
+        let stop = self.ctx.opts.stop_signal;
         if let Some(mut p) = self.pending.take() {
-            p.stop();
+            p.stop(stop);
             self.retiring.push(p);
         }
-        self.current.stop();
+        self.current.stop(stop);
         let mut all: Vec<&mut Generation> = self.retiring.iter_mut().collect();
         all.push(&mut self.current);
         for gen in all {
@@ -785,7 +812,7 @@ mod tests {
     struct FakeKernel(W);
     impl Kernel for FakeKernel {
         /// Listening: the sockets of every process alive.
-        fn on_port(&mut self, _: u16) -> Result<BTreeSet<u32>, Error> {
+        fn on_port(&mut self, _: &[u16]) -> Result<BTreeSet<u32>, Error> {
             let w = self.0.lock().unwrap();
             if w.fail_diag {
                 return Err(
@@ -797,13 +824,13 @@ mod tests {
                 .flat_map(|(_, s)| s.lock().unwrap().sockets.clone())
                 .collect())
         }
-        fn half_open(&mut self, _: u16) -> Result<usize, Error> {
+        fn half_open(&mut self, _: &[u16]) -> Result<usize, Error> {
             match self.0.lock().unwrap().fail_half_open {
                 true => Err(DiagError::Io(std::io::Error::from_raw_os_error(libc::ENOBUFS)).into()),
                 false => Ok(0),
             }
         }
-        fn established(&mut self, _: u16) -> Result<Vec<u32>, Error> {
+        fn established(&mut self, _: &[u16]) -> Result<Vec<u32>, Error> {
             Ok(Vec::new())
         }
         fn backlogs(&mut self) -> Result<Option<Vec<u64>>, Error> {
@@ -905,11 +932,12 @@ mod tests {
             ctx: Ctx {
                 opts: Options {
                     handoff: None,
-                    port: 7000,
+                    ports: vec![7000],
                     check,
                     ready_timeout: Duration::from_millis(100),
                     drain_timeout: Duration::from_millis(150),
                     hold_limit: Duration::from_millis(50),
+                    stop_signal: libc::SIGTERM,
                 },
                 swap: Box::new(FakeSwap(w.clone())),
                 kernel: Box::new(FakeKernel(w.clone())),

@@ -1,7 +1,19 @@
-//! One generation of the server, known by its PID: a child we started, or
-//! an orphan a killed predecessor left serving, which we adopt through a
-//! pidfd. Only our own unreaped children, and adopted processes through
-//! their pidfd, are ever signalled, so a PID can never hit someone else.
+//! One generation of the server: a child we started, in a process group of
+//! its own, or an orphan a killed predecessor left serving, which we adopt
+//! through a pidfd.
+//!
+//! A child generation is its whole process group, not one PID: a launcher
+//! that does not `exec` (`sh -c 'nginx ...; true'`, `npm start`), a prefork
+//! master whose workers hold the sockets. Its listeners are those of any
+//! member, `READY=1` may come from any member, the stop signal and SIGKILL go
+//! to the group (as systemd's default `KillMode=control-group` sends to the
+//! unit's processes), and it has exited only when no member is left. The
+//! reloader is a child subreaper, so members whose parent exits stay ours
+//! and are reaped here. A group is signalled only while it has members (a
+//! process group ID is not reused while one exists); a member that leaves
+//! the group (`setsid`, daemon mode) leaves the generation: run servers in
+//! the foreground. Adopted processes are signalled through their pidfd
+//! only, so a PID can never hit someone else.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -110,6 +122,8 @@ impl Generation {
             .env("NOTIFY_SOCKET", notify)
             .stdin(Stdio::null())
             .kill_on_drop(false)
+            // Its own process group, led by it: the generation (see above).
+            .process_group(0)
             .spawn()?;
         let pid = child.id().unwrap_or(0);
         Ok(Generation {
@@ -144,15 +158,25 @@ impl Generation {
         })
     }
 
-    /// Sends `sig` if the process is still ours to signal.
+    /// Sends `sig` to the generation if it is still ours to signal (a
+    /// child's whole process group while it has a member).
     pub fn signal(&mut self, sig: i32) {
+        self.send(sig, true);
+    }
+
+    /// `group`: a child's whole process group, else its leader alone.
+    fn send(&mut self, sig: i32, group: bool) {
         match &mut self.proc {
             Proc::Child(child) => {
-                if let Ok(None) = child.try_wait() {
-                    if let Some(pid) = child.id() {
-                        // SAFETY: kill(2) on our own unreaped child: the PID is still its.
-                        unsafe { libc::kill(pid as libc::pid_t, sig) };
-                    }
+                let leader_alive = matches!(child.try_wait(), Ok(None));
+                if group && (leader_alive || !group_members(self.pid).is_empty()) {
+                    // SAFETY: kill(2) on the process group we created: its ID
+                    // stays reserved while the leader is unreaped or any
+                    // member exists, both just seen.
+                    unsafe { libc::kill(-(self.pid as libc::pid_t), sig) };
+                } else if leader_alive {
+                    // SAFETY: kill(2) on our own unreaped child.
+                    unsafe { libc::kill(self.pid as libc::pid_t, sig) };
                 }
             }
             #[cfg(test)]
@@ -186,10 +210,17 @@ impl Generation {
         self.stopping_since.get_or_insert_with(Instant::now);
     }
 
-    /// Whether it has exited (reaping it if it is our child).
+    /// Whether it has exited: every member of a child's group (reaping
+    /// them; the leader's status is the one kept).
     pub fn exited(&mut self) -> Option<Exit> {
         match &mut self.proc {
-            Proc::Child(child) => child.try_wait().ok().flatten().map(Exit::Status),
+            Proc::Child(child) => {
+                let status = child.try_wait().ok().flatten()?;
+                match group_members(self.pid).is_empty() {
+                    true => Some(Exit::Status(status)),
+                    false => None,
+                }
+            }
             Proc::Adopted(fd) => {
                 let mut p = libc::pollfd {
                     fd: fd.get_ref().as_raw_fd(),
@@ -211,7 +242,16 @@ impl Generation {
     /// Waits until it has exited.
     pub async fn wait(&mut self) -> Option<Exit> {
         match &mut self.proc {
-            Proc::Child(child) => child.wait().await.ok().map(Exit::Status),
+            Proc::Child(child) => {
+                let status = child.wait().await.ok().map(Exit::Status);
+                // Members that outlive the leader are polled: they are not
+                // our children until their parent exits, so no wait(2) sees
+                // them all.
+                while !group_members(self.pid).is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                status
+            }
             Proc::Adopted(fd) => {
                 // A pidfd becomes readable when its process exits.
                 let _ = fd.readable().await.map(|mut g| g.retain_ready());
@@ -227,14 +267,42 @@ impl Generation {
         }
     }
 
-    /// The socket inodes among its open files (`/proc/PID/fd`). A process
+    /// The socket inodes among its open files (`/proc/PID/fd` of the
+    /// leader and, for a child, of every member of its group). A process
     /// that has exited owns none.
     pub fn sockets(&self) -> std::io::Result<BTreeSet<u32>> {
         #[cfg(test)]
         if let Proc::Scripted(s) = &self.proc {
             return Ok(s.lock().unwrap().sockets.clone());
         }
-        owned_sockets(self.pid)
+        let mut all = owned_sockets(self.pid)?;
+        if let Proc::Child(_) = self.proc {
+            for pid in group_members(self.pid) {
+                if pid != self.pid {
+                    all.extend(owned_sockets(pid)?);
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// Sends `sig` to the one member `pid` (the leader, or a live member of
+    /// a child's group), not the whole generation.
+    pub fn signal_member(&mut self, pid: u32, sig: i32) {
+        if pid == self.pid {
+            self.send(sig, false);
+        } else if matches!(self.proc, Proc::Child(_)) && group_members(self.pid).contains(&pid) {
+            // SAFETY: kill(2) on a live member of our own process group,
+            // just seen among our descendants.
+            unsafe { libc::kill(pid as libc::pid_t, sig) };
+        }
+    }
+
+    /// Whether `pid` is of this generation (its leader, or a member of a
+    /// child's group): whose `READY=1` counts.
+    pub fn has(&self, pid: u32) -> bool {
+        pid == self.pid
+            || (matches!(self.proc, Proc::Child(_)) && process_group(pid) == Some(self.pid))
     }
 
     /// Waits for it to exit; SIGKILL at `deadline`. Returns the status and
@@ -248,6 +316,75 @@ impl Generation {
             }
         }
     }
+}
+
+/// The live members of process group `pgid` among our descendants (the
+/// group's leader's descendants, and our own children: members whose parent
+/// exited are reparented to us, the subreaper). Zombie members that are our
+/// children are reaped on the way (never the leader: tokio reaps it).
+fn group_members(pgid: u32) -> Vec<u32> {
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() } as u32;
+    let mut todo = vec![me];
+    let mut members = Vec::new();
+    let mut seen = BTreeSet::new();
+    while let Some(pid) = todo.pop() {
+        if !seen.insert(pid) {
+            continue;
+        }
+        for child in children(pid) {
+            let Some((state, group)) = stat_state_group(child) else {
+                continue; // gone meanwhile
+            };
+            if group == pgid {
+                if state == 'Z' && pid == me && child != pgid {
+                    // SAFETY: waitpid on our own zombie child, not the
+                    // leader (whose status tokio collects).
+                    unsafe {
+                        libc::waitpid(child as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG)
+                    };
+                    continue;
+                }
+                if state != 'Z' {
+                    members.push(child);
+                }
+            }
+            todo.push(child);
+        }
+    }
+    members
+}
+
+/// The children of `pid`, from `/proc/PID/task/*/children`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// State and process group of `pid`, from `/proc/PID/stat` (fields 3 and
+/// 5; the command name before them may hold spaces and parentheses).
+fn stat_state_group(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let _ppid = f.next()?;
+    Some((state, f.next()?.parse().ok()?))
+}
+
+fn process_group(pid: u32) -> Option<u32> {
+    stat_state_group(pid).map(|(_, g)| g)
 }
 
 /// Socket inodes open in process `pid`, read from `/proc/PID/fd` links

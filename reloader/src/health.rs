@@ -52,11 +52,14 @@ impl Check {
         })
     }
 
-    /// One attempt against the new server with PID `pid`: at `at` (its
-    /// private gate address, when it has one) or at the configured address.
+    /// One attempt against the new server, led by PID `pid` (`is_new`
+    /// tells whether an answering PID is one of its processes: a launcher's
+    /// child, a master's worker): at `at` (its private gate address, when it
+    /// has one) or at the configured address.
     pub async fn once(
         &self,
         pid: u32,
+        is_new: &dyn Fn(u32) -> bool,
         at: Option<SocketAddr>,
         timeout: Duration,
     ) -> Result<(), Failed> {
@@ -79,10 +82,11 @@ impl Check {
                 ))
             })?
             .map_err(|e| other(format!("GET http://{addr}{path}: {e}")))?;
-        let by_new = pid_header == Some(pid) || at.is_some();
+        let by_new = pid_header.is_some_and(is_new) || at.is_some();
         let fail = |text: String| Err(Failed { by_new, text });
+        let body_pid = body.trim().parse::<u32>().ok();
         match self {
-            Check::Pid(_) if status == 200 && body.trim() == pid.to_string() => Ok(()),
+            Check::Pid(_) if status == 200 && body_pid.is_some_and(is_new) => Ok(()),
             Check::Pid(_) if by_new => fail(format!(
                 "the new server answered GET http://{addr}/ with {status}"
             )),
@@ -94,7 +98,7 @@ impl Check {
                 fail(format!("GET http://{addr}{path} answered {status}"))
             }
             Check::Url { .. } => match pid_header {
-                Some(p) if p != pid => fail(format!("answered by PID {p}, not the new {pid}")),
+                Some(p) if !is_new(p) => fail(format!("answered by PID {p}, not the new {pid}")),
                 _ => Ok(()),
             },
             #[cfg(test)]

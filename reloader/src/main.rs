@@ -210,14 +210,21 @@ const STOP_SIGNALS: &[(&str, i32)] = &[
 
 fn parse_signal(s: &str) -> Result<i32, String> {
     let name = s.trim_start_matches("SIG");
-    if let Some((_, n)) = STOP_SIGNALS.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+    if let Some((_, n)) = STOP_SIGNALS
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+    {
         return Ok(*n);
     }
     match s.parse::<i32>() {
         Ok(n) if STOP_SIGNALS.iter().any(|(_, v)| *v == n) => Ok(n),
         _ => Err(format!(
             "{s:?} is not a stop signal: one of {} (a name or its number)",
-            STOP_SIGNALS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+            STOP_SIGNALS
+                .iter()
+                .map(|(k, _)| *k)
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -476,6 +483,13 @@ fn handoff_sockets(addrs: &[SocketAddr]) -> anyhow::Result<handoff::Handoff> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // A generation's processes whose parent exits (a launcher's child, a
+    // daemon's fork) are reparented to us, not to init: they stay ours to
+    // track, stop and reap (see `generation`).
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) changes only our own attribute.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_CHILD_SUBREAPER)");
+    }
     let mut _owners = Vec::new();
     let swap: Box<dyn Swap> = match args.strategy {
         Strategy::Plug => {

@@ -91,8 +91,9 @@ pub struct Supervisor {
 
 /// How a new generation came up.
 enum Started {
-    /// Bound, not in the group; its check answers on this address.
-    Gate(SocketAddr),
+    /// Bound, not in the group; its check answers on this address. The
+    /// member that said so (the leader, or a launcher's child).
+    Gate(SocketAddr, u32),
     /// In the group already.
     Joined,
 }
@@ -214,8 +215,8 @@ impl Ctx {
             }
             while let Ok((pid, note)) = self.notify.notes.try_recv() {
                 match note {
-                    _ if pid != gen.pid => {} // another process: not its word
-                    Note::Gate(addr) => return Ok(Started::Gate(addr)),
+                    _ if !gen.has(pid) => {} // another process: not its word
+                    Note::Gate(addr) => return Ok(Started::Gate(addr, pid)),
                     Note::Ready | Note::DrainCut(_) => {}
                 }
             }
@@ -265,7 +266,8 @@ impl Ctx {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             let try_for = left.clamp(Duration::from_millis(10), Duration::from_secs(1));
-            match self.opts.check.once(gen.pid, at, try_for).await {
+            let is_new = |p: u32| gen.has(p);
+            match self.opts.check.once(gen.pid, &is_new, at, try_for).await {
                 Ok(()) => return Ok(()),
                 Err(f) if f.by_new => telling = Some(f.text),
                 Err(f) if telling.is_none() && Instant::now() >= deadline => telling = Some(f.text),
@@ -282,10 +284,12 @@ impl Ctx {
         }
     }
 
-    /// A gated server passed its check: tell it to join, and wait until its
+    /// A gated server passed its check: tell it (`by`) to join, and wait until its
     /// listeners are in the group.
-    async fn join(&mut self, gen: &mut Generation) -> Result<(), Refusal> {
-        gen.signal(libc::SIGUSR2);
+    async fn join(&mut self, gen: &mut Generation, by: u32) -> Result<(), Refusal> {
+        // To the member that offered the gate only: SIGUSR2 would end a
+        // launcher shell.
+        gen.signal_member(by, libc::SIGUSR2);
         let deadline = Instant::now() + self.opts.ready_timeout;
         let mut ready = false;
         loop {
@@ -296,7 +300,7 @@ impl Ctx {
                 });
             }
             while let Ok((pid, note)) = self.notify.notes.try_recv() {
-                ready |= pid == gen.pid && note == Note::Ready;
+                ready |= gen.has(pid) && note == Note::Ready;
             }
             let mine = self.its_listeners(gen)?;
             // READY=1 comes after its last listen().
@@ -581,9 +585,9 @@ impl Supervisor {
     /// Steps 2 and 3 for `gen`. On success it is in the group and healthy.
     async fn bring_up(ctx: &mut Ctx, gen: &mut Generation) -> Result<&'static str, Refusal> {
         match ctx.wait_started(gen).await? {
-            Started::Gate(addr) => {
+            Started::Gate(addr, by) => {
                 ctx.check(gen, Some(addr)).await?;
-                ctx.join(gen).await?;
+                ctx.join(gen, by).await?;
                 Ok("checked on its gate, then joined")
             }
             Started::Joined => {

@@ -541,3 +541,105 @@ fn handoff_serves_the_socket_systemd_passes() {
         assert!(r.wait_exit(Duration::from_secs(10)).is_some());
     });
 }
+
+/// PIDs whose command line contains `needle` (for "nothing is left").
+fn pids_running(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+/// A launcher that does not `exec` (`sh -c 'SERVER; true'`, like `npm
+/// start`): the server is its child, and the generation is the launcher's
+/// whole process group. The reload is checked on the server's own
+/// listener, the old server is stopped, and the reloader's exit leaves
+/// nothing running.
+#[test]
+fn a_launcher_that_does_not_exec_is_one_generation() {
+    let Some(server) = server() else {
+        return testkit::skip("reuse-server not built: run `cargo test --workspace`");
+    };
+    in_netns("launcher", move || {
+        let ctl = format!("/tmp/reloader-launcher-{}.sock", std::process::id());
+        let launcher = format!("{}; echo launcher-after-server", server.display());
+        let mut r = Proc::spawn(
+            Command::new(RELOADER)
+                .args(["run", "--strategy", "none", "--control", &ctl, "--"])
+                .args(["sh", "-c", &launcher]),
+        )
+        .unwrap();
+        assert!(
+            r.wait_line("reloader: serving", Duration::from_secs(10))
+                .is_some(),
+            "{:?}",
+            r.log
+        );
+        let a = "127.0.0.1:7000".parse().unwrap();
+        let loadgen::Outcome::Ok(first) = loadgen::get(a, "/", Duration::from_secs(5)) else {
+            panic!("the first server does not answer: {:?}", r.drain_log());
+        };
+        let out = Command::new(RELOADER)
+            .args(["reload", "--control", &ctl])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{:?} {:?}", out, r.drain_log());
+        let loadgen::Outcome::Ok(second) = loadgen::get(a, "/", Duration::from_secs(5)) else {
+            panic!("the new server does not answer: {:?}", r.drain_log());
+        };
+        assert_ne!(first, second, "the old server still answers");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while alive(first) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5)); // polls the process
+        }
+        assert!(
+            !alive(first),
+            "the old generation's server PID {first} still runs"
+        );
+        r.signal(libc::SIGTERM);
+        let status = r
+            .wait_exit(Duration::from_secs(10))
+            .expect("reloader exits");
+        assert!(status.success(), "{status:?}: {:?}", r.drain_log());
+        assert!(!alive(second), "PID {second} outlived the reloader");
+        assert_eq!(pids_running("launcher-after-server"), Vec::<u32>::new());
+    });
+}
+
+/// A first start that times out (the launcher's child never listens)
+/// leaves no process of that generation running.
+#[test]
+fn a_start_that_times_out_leaves_no_process() {
+    in_netns("start timeout", move || {
+        let ctl = format!("/tmp/reloader-timeout-{}.sock", std::process::id());
+        let out = Command::new(RELOADER)
+            .args(["run", "--strategy", "none", "--ready-timeout", "500ms"])
+            .args(["--control", &ctl, "--"])
+            .args(["sh", "-c", "sleep 987654 & sleep 987655; true"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("did not listen on ports [7000]"), "{err}");
+        assert_eq!(
+            pids_running("sleep 98765"),
+            Vec::<u32>::new(),
+            "processes of the failed generation are left: {err}"
+        );
+    });
+}

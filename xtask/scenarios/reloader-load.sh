@@ -1,9 +1,10 @@
 # Constant reloading under load: `reloader run --every 100ms` while loadgen
 # sends REQUESTS requests, CONC at a time, each on a new TCP connection.
-# usage: reloader-load.sh STRATEGY CONC REQUESTS EXPECT [keepalive|migrate_req|egress]
+# usage: reloader-load.sh STRATEGY CONC REQUESTS EXPECT [keepalive|migrate_req|egress|port2]
 #   EXPECT: zero|few (at most 0.1% failed)|failures; keepalive: connections live across reloads (-k);
 #   migrate_req: net.ipv4.tcp_migrate_req=1 first (the plug still holds);
-#   egress: the local hold on lo's root tree (`--local-hold egress`), set up first with `qdisc setup`
+#   egress: the local hold on lo's root tree (`--local-hold egress`), set up first with `qdisc setup`;
+#   port2: the server listens on 7000 and 7001 (both --addr), the load goes to 7001
 set -u
 STRATEGY=$1 CONC=$2 REQUESTS=$3 EXPECT=$4 KEEP=${5:-}
 K=""
@@ -13,13 +14,18 @@ if [ "$KEEP" = migrate_req ]; then
 fi
 fail() { echo "FAIL: $*"; tail -20 /tmp/reloader.log; exit 1; }
 
-HOLD=""
+HOLD="" ADDRS="" LISTEN="" PORT=7000
+if [ "$KEEP" = port2 ]; then
+    ADDRS="--addr 127.0.0.1:7000 --addr 127.0.0.1:7001"
+    LISTEN="--listen 127.0.0.1:7000 --listen 127.0.0.1:7001"
+    PORT=7001
+fi
 if [ "$KEEP" = egress ]; then
     qdisc setup > /dev/null || fail "qdisc setup"
     HOLD="--local-hold egress"
 fi
 
-reloader run --strategy "$STRATEGY" $HOLD --every 100ms --drain-timeout 10s --control /tmp/r.sock -- reuse-server 2>/tmp/reloader.log &
+reloader run --strategy "$STRATEGY" $HOLD $ADDRS --every 100ms --drain-timeout 10s --control /tmp/r.sock -- reuse-server $LISTEN 2>/tmp/reloader.log &
 R=$!
 for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/reloader.log && break; sleep 0.1; done
 grep -q 'reloader: serving' /tmp/reloader.log || fail "reloader did not start"
@@ -31,7 +37,7 @@ case $EXPECT in
   failures) SPAN="--until-failure" ;;
   *) SPAN="--min-servers 6" ;;
 esac
-loadgen run 127.0.0.1:7000 -c "$CONC" -n "$REQUESTS" $K $SPAN -d 900 | tee /tmp/load.out
+loadgen run 127.0.0.1:$PORT -c "$CONC" -n "$REQUESTS" $K $SPAN -d 900 | tee /tmp/load.out
 kill -TERM $R
 wait $R
 rc=$?

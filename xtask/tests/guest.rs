@@ -126,6 +126,27 @@ fn guest_hold_path_installed_ab_c32_completes() {
     scenario_with("reloader-ab", &["idle", "5000"], Duration::from_secs(600));
 }
 
+/// A server on two ports, the load on the second (`--addr` twice): both
+/// ports are watched and held as one.
+#[test]
+fn guest_reloader_second_port_plug_c32_zero_failures() {
+    scenario_with(
+        "reloader-load",
+        &["plug", "32", "3000", "zero", "port2"],
+        Duration::from_secs(1200),
+    );
+}
+
+/// Its teeth: the second port's clients fail without protection.
+#[test]
+fn guest_reloader_second_port_none_c32_has_failures() {
+    scenario_with(
+        "reloader-load",
+        &["none", "32", "2000", "failures", "port2"],
+        Duration::from_secs(1200),
+    );
+}
+
 /// The comparison has teeth: the same load without the plug loses requests.
 #[test]
 fn guest_reloader_none_c32_has_failures() {

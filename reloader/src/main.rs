@@ -95,6 +95,12 @@ struct RunArgs {
     /// TERM, puma TERM, unicorn QUIT. A name (QUIT, SIGQUIT) or a number.
     #[arg(long, value_name = "SIGNAL", default_value = "TERM", value_parser = parse_signal)]
     stop_signal: i32,
+    /// Capabilities the servers keep (comma-separated; root only). By
+    /// default they get none. nginx started as root to bind port 80 and
+    /// switch to its `user` wants CAP_NET_BIND_SERVICE,CAP_SETUID,
+    /// CAP_SETGID,CAP_CHOWN.
+    #[arg(long, value_name = "CAPS", value_delimiter = ',', value_parser = privs::parse_cap)]
+    server_caps: Vec<privs::Capability>,
     /// How long an old server may take to drain before SIGKILL.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -283,17 +289,17 @@ fn main() -> ExitCode {
             logging::init(args.log_format);
             // Capability sets are per thread: restrict before the runtime exists.
             let restricted = match args.strategy {
-                Strategy::Plug => {
-                    privs::restrict_to(privs::Capability::CAP_NET_ADMIN, "plug and release")
-                }
+                Strategy::Plug => privs::restrict_to(
+                    privs::Capability::CAP_NET_ADMIN,
+                    "plug and release",
+                    &args.server_caps,
+                ),
                 Strategy::Migrate => match swap::MigrateSwap::already_on() {
-                    Ok(true) => {
-                        privs::drop_all();
-                        Ok(())
-                    }
+                    Ok(true) => privs::drop_all(&args.server_caps),
                     Ok(false) => privs::restrict_to(
                         privs::Capability::CAP_NET_ADMIN,
                         "set net.ipv4.tcp_migrate_req",
+                        &args.server_caps,
                     ),
                     Err(e) => Err(e.to_string()),
                 },
@@ -303,12 +309,10 @@ fn main() -> ExitCode {
                     privs::restrict_to(
                         privs::Capability::CAP_NET_BIND_SERVICE,
                         "listen on a port below 1024",
+                        &args.server_caps,
                     )
                 }
-                Strategy::Handoff | Strategy::None => {
-                    privs::drop_all();
-                    Ok(())
-                }
+                Strategy::Handoff | Strategy::None => privs::drop_all(&args.server_caps),
             };
             if let Err(e) = restricted {
                 eprintln!("reloader: error: {e}");

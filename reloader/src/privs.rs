@@ -1,14 +1,16 @@
 //! Least privilege, handled once in `main` before any thread exists
 //! (capability sets are per thread): keep CAP_NET_ADMIN and nothing else,
-//! and make sure the servers we start get no capabilities at all.
+//! and make sure the servers we start get no capabilities at all, unless
+//! root names the ones they keep (`--server-caps`: nginx started as root
+//! binds port 80 and switches to its `user`).
 
 pub use caps::Capability;
 use caps::{CapSet, CapsHashSet};
 
 /// Keeps only `cap` (effective and permitted); clears inheritable
-/// and ambient; as root, clears the bounding set so exec cannot hand
-/// capabilities back to our children. Errors say which `setcap` to run.
-pub fn restrict_to(cap: Capability, what: &str) -> Result<(), String> {
+/// and ambient; as root, empties the bounding set but for `servers`, so
+/// exec hands our children exactly those. Errors say which `setcap` to run.
+pub fn restrict_to(cap: Capability, what: &str, servers: &[Capability]) -> Result<(), String> {
     let has = caps::has_cap(None, CapSet::Permitted, cap)
         .map_err(|e| format!("cannot read capabilities: {e}"))?;
     if !has {
@@ -21,15 +23,7 @@ pub fn restrict_to(cap: Capability, what: &str) -> Result<(), String> {
              (once after every build), or run as root"
         ));
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        // Root regains every capability in the bounding set on exec; empty
-        // it (needs CAP_SETPCAP, which we still hold) before giving it up.
-        for cap in caps::all() {
-            caps::drop(None, CapSet::Bounding, cap)
-                .map_err(|e| format!("cannot drop {cap} from the bounding set: {e}"))?;
-        }
-    }
+    bound_servers(servers)?;
     let only: CapsHashSet = [cap].into_iter().collect();
     caps::set(None, CapSet::Effective, &only)
         .map_err(|e| format!("cannot set effective capabilities: {e}"))?;
@@ -42,9 +36,45 @@ pub fn restrict_to(cap: Capability, what: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// For `--strategy none`, which needs no privilege at all: drop everything
-/// so the servers never inherit anything.
-pub fn drop_all() {
+/// For the strategies that need no privilege: drop everything so the
+/// servers never inherit anything (as root: but `servers`).
+pub fn drop_all(servers: &[Capability]) -> Result<(), String> {
+    bound_servers(servers)?;
     let _ = caps::clear(None, CapSet::Ambient);
     let _ = caps::clear(None, CapSet::Inheritable);
+    Ok(())
+}
+
+/// Root regains every capability in the bounding set on exec: empty it
+/// but for `servers` (needs CAP_SETPCAP, which root still holds here). Not
+/// root, our children get nothing whatever we hold, so `servers` is refused.
+fn bound_servers(servers: &[Capability]) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        if servers.is_empty() {
+            return Ok(());
+        }
+        return Err(
+            "--server-caps needs the reloader to run as root: an ordinary user's children get no capabilities from it".into(),
+        );
+    }
+    for cap in caps::all() {
+        if !servers.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(|e| format!("cannot drop {cap} from the bounding set: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `CAP_NET_BIND_SERVICE` or `net_bind_service`.
+pub fn parse_cap(s: &str) -> Result<Capability, String> {
+    let name = s.to_ascii_uppercase();
+    let name = if name.starts_with("CAP_") {
+        name
+    } else {
+        format!("CAP_{name}")
+    };
+    name.parse::<Capability>()
+        .map_err(|_| format!("{s:?} is not a capability (e.g. CAP_NET_BIND_SERVICE, CAP_SETUID)"))
 }

@@ -126,6 +126,52 @@ fn guest_hold_path_installed_ab_c32_completes() {
     scenario_with("reloader-ab", &["idle", "5000"], Duration::from_secs(600));
 }
 
+// Servers we did not write (Debian's nginx and HAProxy, copied into the
+// guest with their libraries), each with its own stop signal.
+
+#[test]
+fn guest_nginx_plug_zero_failures() {
+    scenario_with(
+        "third-party",
+        &["nginx", "plug", "loadgen", "32", "3000"],
+        Duration::from_secs(900),
+    );
+    scenario_with(
+        "third-party",
+        &["nginx", "plug", "ab", "8", "3000"],
+        Duration::from_secs(900),
+    );
+}
+
+#[test]
+fn guest_haproxy_plug_and_handoff_zero_failures() {
+    scenario_with(
+        "third-party",
+        &["haproxy-db", "plug", "loadgen", "32", "3000"],
+        Duration::from_secs(900),
+    );
+    scenario_with(
+        "third-party",
+        &["haproxy-ws", "plug", "ab", "8", "3000"],
+        Duration::from_secs(900),
+    );
+    scenario_with(
+        "third-party",
+        &["haproxy-fd", "handoff", "loadgen", "32", "3000"],
+        Duration::from_secs(900),
+    );
+}
+
+/// `sh -c 'nginx ...; echo'`: the launcher's process group is the generation.
+#[test]
+fn guest_launcher_without_exec_zero_failures() {
+    scenario_with(
+        "third-party",
+        &["launcher", "plug", "loadgen", "32", "3000"],
+        Duration::from_secs(900),
+    );
+}
+
 /// A server on two ports, the load on the second (`--addr` twice): both
 /// ports are watched and held as one.
 #[test]

@@ -37,6 +37,10 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     ("setcap", "libcap2-bin"),
     // 6.12 kernels ship their modules as .ko.xz.
     ("xz", "xz-utils"),
+    // Servers we did not write, copied into the guest to run under the
+    // reloader (the third-party scenarios); never started on the host.
+    ("nginx", "nginx-light"),
+    ("haproxy", "haproxy"),
     // For the guest booted with systemd as PID 1 (the README's install
     // steps): systemd itself, and useradd.
     ("systemctl", "systemd"),
@@ -86,12 +90,23 @@ pub fn ensure(tools: &[(&str, &str)]) -> Result<()> {
             missing.join(" ")
         );
         exec(Command::new("apt-get").args(["update", "-qq"]))?;
-        exec(
+        // Packages of services (nginx, HAProxy) would start them here:
+        // policy-rc.d tells their scripts not to, for this install only.
+        let policy = Path::new("/usr/sbin/policy-rc.d");
+        let ours = !policy.exists()
+            && std::fs::write(policy, "#!/bin/sh\nexit 101\n").is_ok()
+            && std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .is_ok();
+        let installed = exec(
             Command::new("apt-get")
                 .args(["install", "-y", "-qq"])
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        );
+        if ours {
+            let _ = std::fs::remove_file(policy);
+        }
+        installed?;
     }
     Ok(())
 }

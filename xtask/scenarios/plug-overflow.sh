@@ -8,19 +8,21 @@
 set -u
 fail() { echo "FAIL: $*"; tail -20 /tmp/ov.log; exit 1; }
 # 600 bytes: about 8 SYNs on lo (74 bytes each with the link-layer header).
-qdisc setup --port 7000 --limit 600 > /dev/null || fail "qdisc setup"
-reloader run --strategy plug --hold-limit 1s --drain-timeout 3s --control /tmp/ov.sock \
+# The reloader's own hold path (lo's ingress, ifb-lo), set up beforehand with
+# the small limit; --no-setup keeps it as it is.
+qdisc --ingress setup --port 7000 --limit 600 > /dev/null || fail "qdisc setup"
+reloader run --strategy plug --no-setup --hold-limit 1s --drain-timeout 3s --control /tmp/ov.sock \
     -- reuse-server --ignore-sigterm 2>/tmp/ov.log &
 R=$!
 for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/ov.log && break; sleep 0.1; done
 grep -q 'reloader: serving' /tmp/ov.log || fail "reloader did not start"
-before=$(qdisc status --json | sed -n 's/.*"drops":\([0-9]*\).*/\1/p')
+before=$(qdisc --ingress status --json | sed -n 's/.*"drops":\([0-9]*\).*/\1/p')
 loadgen run 127.0.0.1:7000 -c 40 -n 2000 --tsv /tmp/ov.tsv > /tmp/ov.out &
 L=$!
 sleep 0.5
 reloader reload --control /tmp/ov.sock || fail "the reload failed"
 wait $L
-after=$(qdisc status --json | sed -n 's/.*"drops":\([0-9]*\).*/\1/p')
+after=$(qdisc --ingress status --json | sed -n 's/.*"drops":\([0-9]*\).*/\1/p')
 reloader status --control /tmp/ov.sock
 kill -TERM $R; wait $R
 cat /tmp/ov.out

@@ -456,8 +456,12 @@ fn prepare_ingress(args: &RunArgs, dev: &str) -> anyhow::Result<Plug> {
             limit: qdisc::DEFAULT_LIMIT,
         })
         .with_context(|| format!("setting up the ingress path on {dev}"))?;
+        let which = match ports.as_slice() {
+            [p] => format!("port {p}"),
+            many => format!("ports {many:?}"),
+        };
         log(&format!(
-            "ingress path on {dev} holds SYNs to ports {ports:?} only (u32 redirect to {})",
+            "ingress path on {dev} holds SYNs to {which} only (u32 redirect to {})",
             qdisc::ifb_of(dev)
         ));
     }

@@ -5,7 +5,9 @@
 set -u
 fail() { echo "FAIL: $*"; cat /tmp/nodiag.log; exit 1; }
 grep -q '^tcp_diag ' /proc/modules && fail "tcp_diag is loaded already: the test would prove nothing"
-qdisc setup --port 7000 > /dev/null || fail "qdisc setup"   # loads the tc modules first
+# Loads the tc modules first (the hold path on lo's ingress: ifb, ingress,
+# u32, mirred, prio, plug).
+qdisc --ingress setup --port 7000 > /dev/null || fail "qdisc setup"
 echo /nonexistent > /proc/sys/kernel/modprobe
 for s in plug none; do
     if reloader run --strategy $s -- reuse-server 2>/tmp/nodiag.log; then

@@ -95,8 +95,11 @@ pub fn ensure(tools: &[(&str, &str)]) -> Result<()> {
         let policy = Path::new("/usr/sbin/policy-rc.d");
         let ours = !policy.exists()
             && std::fs::write(policy, "#!/bin/sh\nexit 101\n").is_ok()
-            && std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .is_ok();
+            && std::fs::set_permissions(
+                policy,
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .is_ok();
         let installed = exec(
             Command::new("apt-get")
                 .args(["install", "-y", "-qq"])

@@ -421,6 +421,10 @@ fn bad_flags() {
         &["run", "--log-format", "xml"],
         &["run", "--health", "https://127.0.0.1:7000/"],
         &["run", "--ingress"],
+        &["run", "--stop-signal", "KILL"],
+        &["run", "--stop-signal", "SIGBOGUS"],
+        &["run", "--server-caps", "CAP_FLY"],
+        &["run", "--local-hold", "sideways"],
         &["run", "--no-such-flag"],
     ];
     for args in cases {

@@ -25,6 +25,9 @@ pub trait Kernel {
     fn half_open(&mut self, ports: &[u16]) -> Result<usize, Error>;
     /// Inodes of established connections to `ports` (0: still queued).
     fn established(&mut self, ports: &[u16]) -> Result<Vec<u32>, Error>;
+    /// Connections waiting in the accept queues of `listeners` (inodes of
+    /// listeners on `ports`).
+    fn accept_queued(&mut self, ports: &[u16], listeners: &BTreeSet<u32>) -> Result<u32, Error>;
     /// Each CPU's receive backlog, `None` when the kernel does not say.
     fn backlogs(&mut self) -> Result<Option<Vec<u64>>, Error>;
     /// Packets in the queues of our ifb devices (`--ingress`), `None`
@@ -83,6 +86,17 @@ impl Kernel for Real {
             all.extend(self.diag.established(*p)?);
         }
         Ok(all)
+    }
+    fn accept_queued(&mut self, ports: &[u16], listeners: &BTreeSet<u32>) -> Result<u32, Error> {
+        let mut n = 0;
+        for p in ports {
+            for (inode, queued) in self.diag.accept_queues(*p)? {
+                if listeners.contains(&inode) {
+                    n += queued;
+                }
+            }
+        }
+        Ok(n)
     }
     fn backlogs(&mut self) -> Result<Option<Vec<u64>>, Error> {
         crate::softnet::backlogs().map_err(Error::Softnet)

@@ -57,7 +57,18 @@ impl Listeners {
 
     /// Inodes of the TCP sockets listening on `port` (IPv4 and IPv6).
     pub fn on_port(&mut self, port: u16) -> Result<BTreeSet<u32>, DiagError> {
-        Ok(self.query(port, TCP_LISTEN)?.into_iter().collect())
+        Ok(self
+            .query(port, TCP_LISTEN)?
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect())
+    }
+
+    /// Each listener on `port` with the connections waiting in its accept
+    /// queue (established, not yet accepted: closing the listener now
+    /// would reset them).
+    pub fn accept_queues(&mut self, port: u16) -> Result<Vec<(u32, u32)>, DiagError> {
+        self.query(port, TCP_LISTEN)
     }
 
     /// How many handshakes to `port` are half done (SYN answered, final ACK
@@ -70,11 +81,16 @@ impl Listeners {
     /// Inodes of established connections to `port` (0 for one still in an
     /// accept queue: no process owns it yet).
     pub fn established(&mut self, port: u16) -> Result<Vec<u32>, DiagError> {
-        self.query(port, TCP_ESTABLISHED)
+        Ok(self
+            .query(port, TCP_ESTABLISHED)?
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect())
     }
 
-    /// Inodes of our port's TCP sockets in `state`, both families.
-    fn query(&mut self, port: u16, state: u32) -> Result<Vec<u32>, DiagError> {
+    /// Our port's TCP sockets in `state`, both families: inode and receive
+    /// queue (for a listener, its accept queue's length).
+    fn query(&mut self, port: u16, state: u32) -> Result<Vec<(u32, u32)>, DiagError> {
         let mut out = Vec::new();
         for (family, id) in [
             (AF_INET, SocketId::new_v4()),
@@ -105,7 +121,7 @@ impl Listeners {
     }
 
     /// Reads replies to the current request until DONE.
-    fn collect(&mut self, port: u16, out: &mut Vec<u32>) -> Result<(), DiagError> {
+    fn collect(&mut self, port: u16, out: &mut Vec<(u32, u32)>) -> Result<(), DiagError> {
         loop {
             let size = self
                 .sock
@@ -125,7 +141,7 @@ impl Listeners {
                         NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r))
                             if r.header.socket_id.source_port == port =>
                         {
-                            out.push(r.header.inode);
+                            out.push((r.header.inode, r.header.recv_queue));
                         }
                         _ => {}
                     }

@@ -371,6 +371,30 @@ impl Ctx {
         }
     }
 
+    /// Waits (until `end`) until `gen`'s listeners have nothing in their
+    /// accept queues. New SYNs are held meanwhile and no handshake is half
+    /// done, so the queues only drain, as the server accepts. A server that
+    /// does not take its queue before closing (nginx, HAProxy: only ours
+    /// does) would otherwise reset every connection waiting there.
+    async fn wait_accept_queue(&mut self, gen: &Generation, end: Instant) -> Result<(), Error> {
+        loop {
+            let queued = self
+                .kernel
+                .accept_queued(&self.opts.ports, &gen.listeners)?;
+            if queued == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= end {
+                log(&format!(
+                    "warning: PID {} left {queued} connection(s) in its accept queue until the hold limit; closing anyway (the kernel resets them unless tcp_migrate_req=1)",
+                    gen.pid
+                ));
+                return Ok(());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// Before a SIGKILL: waits (until `end`) until `gen` has no connection
     /// to our port open and none waits in an accept queue, so the kill cuts
     /// no request. New ones are held meanwhile. Returns how many it still
@@ -461,6 +485,9 @@ impl Ctx {
             self.swap.hold()?;
             held_at = Instant::now();
             let mut settled = self.wait_no_half_open(end).await;
+            if settled.is_ok() {
+                settled = self.wait_accept_queue(gen, end).await;
+            }
             if settled.is_ok() && signal == libc::SIGKILL {
                 settled = self.wait_idle(gen, end).await.map(|open| cut = open);
             }
@@ -836,6 +863,9 @@ mod tests {
         }
         fn established(&mut self, _: &[u16]) -> Result<Vec<u32>, Error> {
             Ok(Vec::new())
+        }
+        fn accept_queued(&mut self, _: &[u16], _: &BTreeSet<u32>) -> Result<u32, Error> {
+            Ok(0)
         }
         fn backlogs(&mut self) -> Result<Option<Vec<u64>>, Error> {
             Ok(Some(vec![0, 0]))

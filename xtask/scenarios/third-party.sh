@@ -2,7 +2,7 @@
 # flags its documentation calls for:
 #   nginx         reuseport, 2 workers, daemon off; --stop-signal QUIT (its
 #                 TERM is a fast shutdown); workers switch to nobody, so
-#                 --server-caps CAP_SETUID,CAP_SETGID
+#                 --server-caps CAP_SETUID,CAP_SETGID,CAP_CHOWN (its temp paths)
 #   haproxy-db    HAProxy in the foreground; --stop-signal USR1 (soft stop)
 #   haproxy-ws    HAProxy master-worker with sd_notify (READY=1 from the master)
 #   haproxy-fd    HAProxy on the reloader's socket (`bind fd@3`, --strategy handoff)
@@ -50,9 +50,9 @@ NGINX_CMD='exec /usr/sbin/nginx -c /tmp/ngx/nginx.conf -g "pid /tmp/ngx/$$.pid;"
 FLAGS="--strategy $STRATEGY --every 100ms --drain-timeout 10s --control /tmp/r.sock"
 case $SERVER in
   nginx)
-    set -- reloader run $FLAGS --stop-signal QUIT --server-caps CAP_SETUID,CAP_SETGID -- sh -c "$NGINX_CMD" ;;
+    set -- reloader run $FLAGS --stop-signal QUIT --server-caps CAP_SETUID,CAP_SETGID,CAP_CHOWN -- sh -c "$NGINX_CMD" ;;
   launcher)
-    set -- reloader run $FLAGS --stop-signal QUIT --server-caps CAP_SETUID,CAP_SETGID -- sh -c "${NGINX_CMD#exec }; echo launcher: nginx exited" ;;
+    set -- reloader run $FLAGS --stop-signal QUIT --server-caps CAP_SETUID,CAP_SETGID,CAP_CHOWN -- sh -c "${NGINX_CMD#exec }; echo launcher: nginx exited" ;;
   haproxy-db)
     haproxy_conf 127.0.0.1:7000
     set -- reloader run $FLAGS --stop-signal USR1 -- $HAPROXY -db -f /tmp/haproxy.cfg ;;

@@ -173,7 +173,15 @@ impl Generation {
                     // SAFETY: kill(2) on the process group we created: its ID
                     // stays reserved while the leader is unreaped or any
                     // member exists, both just seen.
-                    unsafe { libc::kill(-(self.pid as libc::pid_t), sig) };
+                    if unsafe { libc::kill(-(self.pid as libc::pid_t), sig) } != 0 {
+                        let e = std::io::Error::last_os_error();
+                        tracing::warn!(
+                            event = "signal_failed",
+                            pid = self.pid,
+                            "cannot signal every process of PID {}'s group ({e}): one runs as another user; run the reloader as root with --server-caps, which keeps CAP_KILL for this",
+                            self.pid
+                        );
+                    }
                 } else if leader_alive {
                     // SAFETY: kill(2) on our own unreaped child.
                     unsafe { libc::kill(self.pid as libc::pid_t, sig) };
@@ -278,8 +286,14 @@ impl Generation {
         let mut all = owned_sockets(self.pid)?;
         if let Proc::Child(_) = self.proc {
             for pid in group_members(self.pid) {
-                if pid != self.pid {
-                    all.extend(owned_sockets(pid)?);
+                match owned_sockets(pid) {
+                    _ if pid == self.pid => {}
+                    Ok(s) => all.extend(s),
+                    // A member that switched to another user (nginx's
+                    // workers) hides its fds from us; its parent, which
+                    // made the sockets, still holds them.
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -391,6 +405,10 @@ fn process_group(pid: u32) -> Option<u32> {
 /// (`socket:[INODE]`). A vanished process has none; any other failure is an
 /// error.
 pub fn owned_sockets(pid: u32) -> std::io::Result<BTreeSet<u32>> {
+    crate::privs::inspecting(|| read_sockets(pid))
+}
+
+fn read_sockets(pid: u32) -> std::io::Result<BTreeSet<u32>> {
     let dir = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),

@@ -7,6 +7,25 @@
 pub use caps::Capability;
 use caps::{CapSet, CapsHashSet};
 
+/// The capabilities servers keep (`--server-caps`), once restricted.
+static SERVER_CAPS: std::sync::OnceLock<Vec<Capability>> = std::sync::OnceLock::new();
+
+/// Runs `f` (a read of a server's `/proc/PID/fd`) with the servers' kept
+/// capabilities raised to effective, and lowers them again: the kernel
+/// shows a process's fds only to a caller whose effective set covers that
+/// process's permitted set. Without `--server-caps`, just `f`.
+pub fn inspecting<T>(f: impl FnOnce() -> T) -> T {
+    let caps = SERVER_CAPS.get().map(Vec::as_slice).unwrap_or(&[]);
+    for c in caps {
+        let _ = caps::raise(None, CapSet::Effective, *c);
+    }
+    let out = f();
+    for c in caps {
+        let _ = caps::drop(None, CapSet::Effective, *c);
+    }
+    out
+}
+
 /// Keeps only `cap` (effective and permitted); clears inheritable
 /// and ambient; as root, empties the bounding set but for `servers`, so
 /// exec hands our children exactly those. Errors say which `setcap` to run.
@@ -24,10 +43,22 @@ pub fn restrict_to(cap: Capability, what: &str, servers: &[Capability]) -> Resul
         ));
     }
     bound_servers(servers)?;
-    let only: CapsHashSet = [cap].into_iter().collect();
+    // Servers that keep capabilities may change their uid (nginx's workers
+    // become `user`); signalling them then takes CAP_KILL, kept for that.
+    let mut only: CapsHashSet = [cap].into_iter().collect();
+    if !servers.is_empty() {
+        only.insert(Capability::CAP_KILL);
+    }
+    // The kernel lets us read a server's /proc/PID/fd (its listeners) only
+    // while our effective set covers its permitted one (ptrace access, with
+    // fs credentials): the ones it keeps stay in our permitted set, raised
+    // to effective only around those reads (`inspecting`).
+    let mut permitted = only.clone();
+    permitted.extend(servers.iter().copied());
+    let _ = SERVER_CAPS.set(servers.to_vec());
     caps::set(None, CapSet::Effective, &only)
         .map_err(|e| format!("cannot set effective capabilities: {e}"))?;
-    caps::set(None, CapSet::Permitted, &only)
+    caps::set(None, CapSet::Permitted, &permitted)
         .map_err(|e| format!("cannot set permitted capabilities: {e}"))?;
     caps::clear(None, CapSet::Inheritable)
         .map_err(|e| format!("cannot clear inheritable capabilities: {e}"))?;

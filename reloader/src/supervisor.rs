@@ -574,7 +574,18 @@ impl Supervisor {
             }
             Err(e) => {
                 sup.current.signal(libc::SIGKILL);
-                let _ = sup.current.wait().await;
+                let drain = sup.ctx.opts.drain_timeout;
+                if tokio::time::timeout(drain, sup.current.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::error!(
+                        event = "left_running",
+                        pid = sup.current.pid,
+                        "processes of PID {}'s group outlived a SIGKILL by {drain:?} (not ours to signal?)",
+                        sup.current.pid
+                    );
+                }
                 Err(Error::FirstUnhealthy(Box::new(e)))
             }
         }

@@ -63,6 +63,8 @@ pub enum Refusal {
     },
     #[error("new server PID {pid} passed its check but did not join within {within:?}")]
     NoJoin { pid: u32, within: Duration },
+    #[error("new server PID {pid} listens on sockets of its own (inodes {own:?}) beside the handed-over ones: it ignores LISTEN_FDS, and clients queued on ours would never be accepted; run it with --strategy plug")]
+    OwnListeners { pid: u32, own: Vec<u32> },
     #[error(transparent)]
     System(#[from] Error),
 }

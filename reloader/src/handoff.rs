@@ -120,6 +120,22 @@ impl Handoff {
     }
 
     /// `LISTEN_FDNAMES`: one name per socket, no colons (`tcp4-7000`).
+    /// The inodes of the handed-over sockets (a server's listener that is
+    /// not one of them is a socket of its own).
+    pub fn inodes(&self) -> io::Result<std::collections::BTreeSet<u32>> {
+        self.fds
+            .iter()
+            .map(|fd| {
+                // SAFETY: fstat on an fd we own, into a zeroed struct.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                match unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } {
+                    0 => Ok(st.st_ino as u32),
+                    _ => Err(io::Error::last_os_error()),
+                }
+            })
+            .collect()
+    }
+
     pub fn names(&self) -> String {
         self.addrs
             .iter()

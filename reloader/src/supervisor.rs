@@ -170,6 +170,28 @@ impl Ctx {
         self.kernel.on_port(&self.opts.ports)
     }
 
+    /// Under handoff, a healthy server must serve the handed-over sockets
+    /// only: one that bound its own (it ignores `LISTEN_FDS`, as nginx does)
+    /// leaves ours unaccepted, and their clients hang.
+    fn refuse_own_listeners(&mut self, gen: &Generation) -> Result<(), Refusal> {
+        let Some(h) = &self.opts.handoff else {
+            return Ok(());
+        };
+        let handed = h.inodes().map_err(|source| Error::Proc {
+            pid: gen.pid,
+            source,
+        })?;
+        let own: Vec<u32> = self
+            .its_listeners(gen)?
+            .into_iter()
+            .filter(|i| !handed.contains(i))
+            .collect();
+        match own.is_empty() {
+            true => Ok(()),
+            false => Err(Refusal::OwnListeners { pid: gen.pid, own }),
+        }
+    }
+
     /// The served ports on which `gen` has no listener yet (a server of
     /// several ports has joined only once it listens on each).
     fn missing_ports(&mut self, gen: &Generation) -> Result<Vec<u16>, Error> {
@@ -273,6 +295,9 @@ impl Ctx {
                 Err(f) if telling.is_none() && Instant::now() >= deadline => telling = Some(f.text),
                 Err(_) => {}
             }
+            // A check that hangs on a handed-over socket nobody accepts:
+            // the server bound one of its own instead.
+            self.refuse_own_listeners(gen)?;
             if Instant::now() >= deadline {
                 return Err(Refusal::Unhealthy {
                     pid: gen.pid,
@@ -626,10 +651,12 @@ impl Supervisor {
             Started::Gate(addr, by) => {
                 ctx.check(gen, Some(addr)).await?;
                 ctx.join(gen, by).await?;
+                ctx.refuse_own_listeners(gen)?;
                 Ok("checked on its gate, then joined")
             }
             Started::Joined => {
                 ctx.check(gen, None).await?;
+                ctx.refuse_own_listeners(gen)?;
                 Ok("joined, then checked on the port")
             }
         }

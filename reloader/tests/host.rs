@@ -647,3 +647,56 @@ fn a_start_that_times_out_leaves_no_process() {
         );
     });
 }
+
+/// Handoff only where it is safe: nginx ignores `LISTEN_FDS` and binds its
+/// own sockets beside the handed-over one, which nobody would accept on.
+/// The reloader refuses it, naming why, and leaves nothing running.
+#[test]
+fn handoff_refuses_a_server_that_binds_its_own_socket() {
+    let nginx = std::path::Path::new("/usr/sbin/nginx");
+    if !nginx.exists() {
+        return testkit::skip("no /usr/sbin/nginx (apt-get install nginx-light)");
+    }
+    in_netns("handoff refusal", move || {
+        let dir = std::env::temp_dir().join(format!("reloader-ngx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("nginx.conf");
+        let d = dir.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off; master_process on; worker_processes 1; user root; pid {d}/nginx.pid;\n\
+                 error_log {d}/error.log; events {{ worker_connections 64; }}\n\
+                 http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+                 fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+                 server {{ listen 127.0.0.1:7000 reuseport; location / {{ return 200 \"$pid\"; }} }} }}\n"
+            ),
+        )
+        .unwrap();
+        let ctl = dir.join("ctl.sock");
+        let out = Command::new(RELOADER)
+            .args(["run", "--strategy", "handoff", "--stop-signal", "QUIT"])
+            .args([
+                "--ready-timeout",
+                "5s",
+                "--control",
+                ctl.to_str().unwrap(),
+                "--",
+            ])
+            .arg(nginx)
+            .arg("-c")
+            .arg(&conf)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("listens on sockets of its own"), "{err}");
+        assert!(err.contains("run it with --strategy plug"), "{err}");
+        assert_eq!(
+            pids_running(conf.to_str().unwrap()),
+            Vec::<u32>::new(),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}

@@ -44,6 +44,8 @@ pub enum Error {
     Io { op: String, source: io::Error },
     /// Something already on the device that is not ours and that we will not replace.
     NotOurs { dev: String, what: String },
+    /// An object of ours recorded as another user's.
+    Owned { what: String, uid: u32, pid: u32 },
     /// The kernel answered in a way we do not understand.
     Protocol(String),
 }
@@ -201,6 +203,10 @@ impl fmt::Display for Error {
                 f,
                 "{dev} already has {what}, which this tool did not create; refusing to replace it \
                  (remove it yourself, or use another device)"
+            ),
+            Error::Owned { what, uid, pid } => write!(
+                f,
+                "{what} belongs to uid {uid} (set up by PID {pid}): only that user may plug, release or remove it (root may take it over with --force)"
             ),
             Error::Protocol(what) => write!(f, "unexpected netlink reply: {what}"),
         }

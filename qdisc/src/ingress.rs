@@ -17,6 +17,7 @@
 use crate::error::{Error, Object, Result};
 use crate::link;
 use crate::nft::Family;
+use crate::owner;
 use crate::socket::Socket;
 use crate::sys;
 use crate::tc::{self, ingress, u32, TcObject, ETH_P_IP, ETH_P_IPV6};
@@ -34,6 +35,8 @@ pub struct IngressConfig {
     pub ports: Vec<u16>,
     /// The plug's limit in bytes.
     pub limit: u32,
+    /// As root, take over a path recorded as another user's.
+    pub force: bool,
 }
 
 /// The device whose plug holds `dev`'s incoming SYNs.
@@ -44,6 +47,8 @@ pub fn ifb_of(dev: &str) -> String {
 /// What is on the device and its ifb, as far as the ingress path goes.
 struct Present {
     ifb: Option<i32>,
+    /// The ifb's alias, where its owner is recorded.
+    alias: Option<String>,
     /// The device's ingress (or clsact) qdisc, if any.
     ingress: Option<TcObject>,
     /// Our redirect filters under `ffff:` (by family).
@@ -52,7 +57,17 @@ struct Present {
 
 impl Present {
     fn read(rt: &mut Socket, dev: &str, ifindex: i32) -> Result<Present> {
-        let ifb = sys::ifindex(&link::ifb_name(dev)).ok();
+        let ifb_name = link::ifb_name(dev);
+        let ifb = sys::ifindex(&ifb_name).ok();
+        let alias = match ifb {
+            Some(i) => rt
+                .request_replies(link::get(i as u32), &|| {
+                    (format!("get link {ifb_name}"), Object::Other)
+                })?
+                .iter()
+                .find_map(|p| link::alias(p)),
+            None => None,
+        };
         let qdiscs = rt.dump(tc::dump_qdiscs(ifindex), &|| {
             (format!("list qdiscs on {dev}"), Object::Other)
         })?;
@@ -79,10 +94,36 @@ impl Present {
         redirects.dedup();
         Ok(Present {
             ifb,
+            alias,
             ingress,
             redirects,
         })
     }
+}
+
+impl Present {
+    /// The ifb's owner record, checked as the caller's (see `owner`).
+    fn owned(&self, dev: &str, ifindex: i32, force: bool) -> Result<Option<owner::Record>> {
+        match self.ifb {
+            None => Ok(None),
+            Some(_) => owner::check(
+                &link::ifb_name(dev),
+                (dev, ifindex),
+                self.alias.as_deref(),
+                force,
+            )
+            .map(Some),
+        }
+    }
+}
+
+/// May the caller plug and release `dev`'s ingress path? Only its
+/// recorded owner may (root with `force`).
+pub fn check_owner(dev: &str, force: bool) -> Result<()> {
+    let ifindex = sys::ifindex(dev)?;
+    let mut rt = Socket::route()?;
+    Present::read(&mut rt, dev, ifindex)?.owned(dev, ifindex, force)?;
+    Ok(())
 }
 
 /// Sets up the ifb, its plug tree, the ingress qdisc and the redirects.
@@ -100,6 +141,7 @@ pub fn setup(cfg: &IngressConfig) -> Result<()> {
             what: format!("an {} qdisc", q.kind),
         });
     }
+    present.owned(dev, ifindex, cfg.force)?;
     let mut added = Added::default();
     let result = build(cfg, ifindex, &mut rt, &present, &mut added);
     if result.is_err() {
@@ -136,6 +178,11 @@ fn build(
             i
         }
     };
+    // Recorded first, so even a setup cut short leaves the ifb owned.
+    rt.request(
+        link::set_alias(ifb_index as u32, &owner::Record::mine(ifindex).to_alias()),
+        &|| (format!("record the owner of {ifb}"), Object::Other),
+    )?;
     rt.request(link::set_up(ifb_index as u32), &|| {
         (format!("set {ifb} up"), Object::Other)
     })?;
@@ -240,13 +287,14 @@ fn undo(dev: &str, ifindex: i32, rt: &mut Socket, added: &Added) {
 /// Removes what `setup` adds: the ingress qdisc on `dev` (with its
 /// filters) when the ifb of ours beside it shows it is ours, the ifb's
 /// tree (releasing the plug first) and the ifb. Nothing else.
-pub fn teardown(dev: &str) -> Result<()> {
+pub fn teardown(dev: &str, force: bool) -> Result<()> {
     let ifindex = sys::ifindex(dev)?;
     let mut rt = Socket::route()?;
     let present = Present::read(&mut rt, dev, ifindex)?;
     let Some(ifb_index) = present.ifb else {
         return Ok(()); // nothing of ours
     };
+    present.owned(dev, ifindex, force)?;
     if present.ingress.is_some() {
         rt.request(ingress::delete(ifindex), &|| {
             (
@@ -268,6 +316,8 @@ pub struct IngressStatus {
     pub dev: String,
     pub ifb: String,
     pub ifb_present: bool,
+    /// Who owns the path, from the ifb's record (`None`: no record of ours).
+    pub owner: Option<(u32, u32)>,
     /// The kind of the device's ingress-side qdisc, if any.
     pub ingress: Option<String>,
     /// Families with a redirect filter of ours.
@@ -298,6 +348,12 @@ pub fn status(dev: &str) -> Result<IngressStatus> {
         dev: dev.to_owned(),
         ifb,
         ifb_present: present.ifb.is_some(),
+        owner: present
+            .alias
+            .as_deref()
+            .and_then(owner::Record::parse)
+            .filter(|r| r.dev == ifindex)
+            .map(|r| (r.uid, r.pid)),
         ingress: present.ingress.map(|q| q.kind),
         redirects: present.redirects.iter().map(|f| f.name()).collect(),
         tree,

@@ -10,6 +10,7 @@
 //! - `wire`: what no crate offers (a message as bytes with its sequence
 //!   number, the extended-ack text); `socket`: the only I/O.
 //! - [`error`]: errors that keep the errno and the kernel's own text.
+//! - [`policy`]: who may hold what when run by a file capability (`/etc/reloader/policy.toml`).
 //! - `state`: where "the plug is buffering" is recorded (the kernel does not say).
 
 pub mod bench;
@@ -18,12 +19,16 @@ pub mod error;
 pub mod ingress;
 mod link;
 mod nft;
+mod owner;
+pub mod policy;
 mod probe;
+pub mod runtime;
 mod socket;
 mod state;
 mod sys;
 mod tc;
 mod tree;
+pub mod watchdog;
 mod wire;
 
 #[cfg(test)]
@@ -38,8 +43,10 @@ pub use tree::{
 };
 
 /// A file for `dev` named with `suffix`, beside the plug's state record
-/// (network namespace in the name), in the first usable of
-/// `/run/reuse-plug`, `$XDG_RUNTIME_DIR/reuse-plug`, `/tmp/reuse-plug-<uid>`.
-pub fn runtime_path(dev: &str, suffix: &str) -> Option<std::path::PathBuf> {
+/// (network namespace in the name), in the caller's runtime directory.
+pub fn runtime_path(
+    dev: &str,
+    suffix: &str,
+) -> std::result::Result<std::path::PathBuf, runtime::RuntimeError> {
     state::path_for(dev, suffix)
 }

@@ -11,11 +11,37 @@ use crate::wire::Message;
 /// The kernel's limit on an interface name (IFNAMSIZ - 1).
 const IFNAMSIZ: usize = 15;
 
-/// The name of our ifb for `dev`: `ifb-<dev>`, cut to the kernel's limit.
+/// The name of our ifb for `dev`: `ifb-<dev>` when that fits the kernel's
+/// limit, else `ifb-i<ifindex>` (two long names never share an ifb). A
+/// device of that name that is not ours is told apart by its record
+/// (`owner`), never taken.
 pub fn ifb_name(dev: &str) -> String {
-    let mut n = format!("ifb-{dev}");
-    n.truncate(IFNAMSIZ);
-    n
+    let n = format!("ifb-{dev}");
+    if n.len() <= IFNAMSIZ {
+        return n;
+    }
+    match crate::sys::ifindex(dev) {
+        Ok(i) => format!("ifb-i{i}"),
+        Err(_) => n[..IFNAMSIZ].to_owned(),
+    }
+}
+
+/// `ip link set dev INDEX alias TEXT`: where an ifb's owner is recorded.
+pub fn set_alias(ifindex: u32, text: &str) -> Message {
+    let mut m = LinkMessage::default();
+    m.header.index = ifindex;
+    m.attributes = vec![LinkAttribute::IfAlias(text.to_owned())];
+    Message::route(NLM_F_REQUEST | NLM_F_ACK, RouteNetlinkMessage::NewLink(m))
+}
+
+/// The alias in an RTM_NEWLINK answer, if the link has one.
+pub fn alias(payload: &[u8]) -> Option<String> {
+    use netlink_packet_core::Parseable;
+    let m = LinkMessage::parse(payload).ok()?;
+    m.attributes.into_iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(s) => Some(s),
+        _ => None,
+    })
 }
 
 /// `ip link add NAME type ifb`.

@@ -3,9 +3,10 @@
 
 use std::net::IpAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use qdisc::{Classifier, Config, Plug, Sources};
+use qdisc::{policy, Classifier, Config, Plug, Sources};
 
 /// Build, toggle and inspect the prio/pfifo/plug tree that holds new TCP
 /// connections (SYNs) during a server reload. Talks to the kernel over
@@ -24,6 +25,10 @@ struct Cli {
     /// status and teardown then act on that path.
     #[arg(long, global = true)]
     ingress: bool,
+
+    /// As root, act on an ingress path recorded as another user's.
+    #[arg(long, global = true)]
+    force: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -85,9 +90,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether `command` changes anything (status and probe only look).
+fn changes(command: &Command) -> bool {
+    !matches!(command, Command::Status { .. } | Command::Probe { .. })
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if cli.ingress {
         return run_ingress(cli);
+    }
+    let caller = policy::Caller::current();
+    if caller != policy::Caller::Unrestricted && changes(&cli.command) {
+        anyhow::bail!(
+            "as {}, only the ingress path (--ingress) may be used: the tree on a device's root queues every packet the device sends, so it is root's to set up",
+            caller.name()
+        );
     }
     let dev = cli.dev;
     match cli.command {
@@ -102,6 +119,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "the tree on a device's root holds one port: give one --port, or use --ingress for several"
             );
             let port = ports.first().copied();
+            policy::authorize_hold(&policy::Hold {
+                ports: &ports,
+                devices: std::slice::from_ref(&dev),
+                hold: std::time::Duration::ZERO,
+                limit,
+            })?;
             let classifier = classifier.unwrap_or(Classifier::Fw);
             let sources = parse_sources(&sources)?;
             qdisc::setup(&Config {
@@ -204,26 +227,43 @@ fn run_ingress(cli: Cli) -> anyhow::Result<ExitCode> {
                 [p] => format!("port {p}"),
                 many => format!("ports {many:?}"),
             };
+            policy::authorize_hold(&policy::Hold {
+                ports: &ports,
+                devices: std::slice::from_ref(&dev),
+                hold: std::time::Duration::ZERO,
+                limit,
+            })?;
             qdisc::ingress::setup(&qdisc::IngressConfig {
                 dev: dev.clone(),
                 ports,
                 limit,
+                force: cli.force,
             })?;
             println!("qdisc: ingress path ready on {dev} -> {ifb} ({which}, plug released)");
         }
         Command::Teardown => {
-            qdisc::ingress::teardown(&dev)?;
+            policy::authorize_device(&dev)?;
+            qdisc::ingress::teardown(&dev, cli.force)?;
             println!("qdisc: removed the ingress qdisc from {dev}, and {ifb} with its tree");
         }
         Command::Plug => {
+            let limits = policy::authorize_device(&dev)?;
+            qdisc::ingress::check_owner(&dev, cli.force)?;
+            if policy::Caller::current() != policy::Caller::Unrestricted {
+                return bounded_plug(&dev, &ifb, limits.max_hold);
+            }
             Plug::open(&ifb)?.buffer()?;
             println!("qdisc: plug on {ifb} is buffering new connections arriving on {dev}");
         }
         Command::Release => {
+            policy::authorize_device(&dev)?;
+            qdisc::ingress::check_owner(&dev, cli.force)?;
             Plug::open(&ifb)?.release()?;
             println!("qdisc: plug on {ifb} released");
         }
         Command::ReleaseOne => {
+            policy::authorize_device(&dev)?;
+            qdisc::ingress::check_owner(&dev, cli.force)?;
             Plug::open(&ifb)?.release_one()?;
             println!("qdisc: plug on {ifb} released what it held before the last plug");
         }
@@ -234,6 +274,7 @@ fn run_ingress(cli: Cli) -> anyhow::Result<ExitCode> {
                     "dev": s.dev,
                     "ifb": s.ifb,
                     "ifb_present": s.ifb_present,
+                    "owner": s.owner.map(|(uid, pid)| serde_json::json!({ "uid": uid, "pid": pid })),
                     "ingress": s.ingress,
                     "redirects": s.redirects,
                     "complete": s.complete(),
@@ -252,6 +293,9 @@ fn run_ingress(cli: Cli) -> anyhow::Result<ExitCode> {
                     s.ifb,
                     if s.ifb_present { "present" } else { "absent" }
                 );
+                if let Some((uid, pid)) = s.owner {
+                    println!("owner      uid {uid} (set up by PID {pid})");
+                }
                 if let Some(t) = &s.tree {
                     print!("{}", status_text(t));
                 }
@@ -265,12 +309,55 @@ fn run_ingress(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Probe { .. } => {
             return run(Cli {
                 ingress: false,
+                force: cli.force,
                 dev,
                 command: cli.command,
             })
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A user's plug: held in the foreground for at most `bound` (their
+/// policy's longest hold), released at the bound or at SIGINT/SIGTERM,
+/// and by a watchdog if this process is killed.
+fn bounded_plug(dev: &str, ifb: &str, bound: Duration) -> anyhow::Result<ExitCode> {
+    let mut watchdog = qdisc::watchdog::Watchdog::spawn(vec![ifb.to_owned()], bound)?;
+    let signals = block_stop_signals()?;
+    let mut plug = Plug::open(ifb)?;
+    watchdog.holding();
+    plug.buffer()?;
+    println!(
+        "qdisc: plug on {ifb} is buffering new connections arriving on {dev}, for at most {bound:?} (the policy's bound; SIGINT or SIGTERM releases sooner)"
+    );
+    let ts = libc::timespec {
+        tv_sec: bound.as_secs() as libc::time_t,
+        tv_nsec: bound.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: waits on the signals we blocked, with a timeout; no handler runs.
+    unsafe { libc::sigtimedwait(&signals, std::ptr::null_mut(), &ts) };
+    let held = plug.release()?;
+    watchdog.released();
+    println!(
+        "qdisc: plug on {ifb} released after {:?}",
+        held.unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: a zeroed sigset_t is initialised by sigemptyset before use;
+    // sigprocmask changes only this (single) thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(set)
+    }
 }
 
 fn parse_sources(args: &[String]) -> anyhow::Result<Sources> {

@@ -2,23 +2,14 @@
 //! kernel never reports a plug's state, so `qdisc status` reads it from here.
 //!
 //! The record is a file named after the network namespace and device, in
-//! the first usable of `/run/reuse-plug`, `$XDG_RUNTIME_DIR/reuse-plug` and
-//! `/tmp/reuse-plug-<uid>`: present while buffering, absent once released.
-//! Recording is best effort and never fails a plug or a release.
+//! the caller's runtime directory (`runtime`: `/run/reuse-plug` for root,
+//! `$XDG_RUNTIME_DIR/reuse-plug` for anyone else): present while
+//! buffering, absent once released. It is made with `O_EXCL|O_NOFOLLOW`,
+//! so a planted link is never followed. Recording is best effort and never
+//! fails a plug or a release; without a safe directory, nothing is recorded.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-
-fn dirs() -> Vec<PathBuf> {
-    let mut v = vec![PathBuf::from("/run/reuse-plug")];
-    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
-        v.push(PathBuf::from(x).join("reuse-plug"));
-    }
-    // SAFETY: getuid has no preconditions and cannot fail.
-    v.push(PathBuf::from(format!("/tmp/reuse-plug-{}", unsafe {
-        libc::getuid()
-    })));
-    v
-}
 
 fn file_name(dev: &str) -> String {
     format!("{}-{dev}.buffering", crate::sys::netns_id())
@@ -32,21 +23,23 @@ pub struct Record {
 }
 
 impl Record {
-    /// Finds (creating if needed) the first usable record directory.
     pub fn for_dev(dev: &str) -> Record {
-        let name = file_name(dev);
-        let path = dirs()
-            .into_iter()
-            .find(|d| std::fs::create_dir_all(d).is_ok() && writable(d))
-            .map(|d| d.join(name));
-        Record { path }
+        Record {
+            path: crate::runtime::dir().ok().map(|d| d.join(file_name(dev))),
+        }
     }
 
     /// Records the plug as buffering or released.
     pub fn set(&self, buffering: bool) {
         let Some(path) = &self.path else { return };
         if buffering {
-            let _ = std::fs::File::create(path);
+            // Already there (EEXIST) is as good as made.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(path);
         } else {
             let _ = std::fs::remove_file(path);
         }
@@ -54,34 +47,15 @@ impl Record {
 }
 
 /// A file beside the record, named after the network namespace and `dev`
-/// with `suffix`, in the first usable record directory.
-pub fn path_for(dev: &str, suffix: &str) -> Option<PathBuf> {
+/// with `suffix`.
+pub fn path_for(dev: &str, suffix: &str) -> Result<PathBuf, crate::runtime::RuntimeError> {
     let name = format!("{}-{dev}.{suffix}", crate::sys::netns_id());
-    dirs()
-        .into_iter()
-        .find(|d| std::fs::create_dir_all(d).is_ok() && writable(d))
-        .map(|d| d.join(name))
+    Ok(crate::runtime::dir()?.join(name))
 }
 
-fn writable(dir: &std::path::Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
-}
-
-/// `Some(true)` if a record says buffering; `Some(false)` if a record
-/// directory exists without one; `None` if nothing was ever recorded here.
+/// `Some(true)` if a record says buffering; `Some(false)` if the record
+/// directory exists without one; `None` if there is no safe directory.
 pub fn recorded(dev: &str) -> Option<bool> {
-    let name = file_name(dev);
-    let mut seen_dir = false;
-    for dir in dirs() {
-        if dir.join(&name).exists() {
-            return Some(true);
-        }
-        seen_dir |= dir.is_dir();
-    }
-    seen_dir.then_some(false)
+    let dir = crate::runtime::dir().ok()?;
+    Some(std::fs::symlink_metadata(dir.join(file_name(dev))).is_ok())
 }

@@ -16,19 +16,19 @@ use crate::report::Report;
 /// A reload asked for over the socket, with where to send its outcome.
 pub type Request = oneshot::Sender<Result<String, String>>;
 
-/// The default socket path: `$XDG_RUNTIME_DIR/reloader.sock`, else
-/// `/run/reloader.sock` for root, else `/tmp/reloader-<uid>.sock`.
-pub fn default_path() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-        return PathBuf::from(dir).join("reloader.sock");
-    }
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
+/// The default socket path: `/run/reloader.sock` for root, else
+/// `$XDG_RUNTIME_DIR/reloader.sock` while that directory is the caller's
+/// own with mode 0700; never a shared directory such as `/tmp`.
+pub fn default_path() -> Result<PathBuf, qdisc::runtime::RuntimeError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
     if uid == 0 {
-        PathBuf::from("/run/reloader.sock")
-    } else {
-        PathBuf::from(format!("/tmp/reloader-{uid}.sock"))
+        return Ok(PathBuf::from("/run/reloader.sock"));
     }
+    let dir = std::env::var_os("XDG_RUNTIME_DIR").ok_or(qdisc::runtime::RuntimeError::NoXdg)?;
+    let dir = PathBuf::from(dir);
+    qdisc::runtime::check(&dir, uid, true)?;
+    Ok(dir.join("reloader.sock"))
 }
 
 /// Binds the socket (replacing a stale one), forwards each reload request
@@ -132,6 +132,17 @@ pub fn ask(path: &Path, request: &str) -> Result<String, String> {
             path.display()
         )
     })?;
+    // Whoever bound the path answers: trust only our own user, or root.
+    let peer = socket2::SockRef::from(&s);
+    let uid = peer_uid(&peer).map_err(|e| format!("{}: SO_PEERCRED: {e}", path.display()))?;
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let me = unsafe { libc::getuid() };
+    if uid != me && uid != 0 {
+        return Err(format!(
+            "{} is served by uid {uid}, not by you (uid {me}) or root: not trusting its answer (someone else bound that path; pass --control PATH of your reloader)",
+            path.display()
+        ));
+    }
     s.write_all(format!("{request}\n").as_bytes())
         .map_err(|e| e.to_string())?;
     let mut line = String::new();
@@ -143,6 +154,26 @@ pub fn ask(path: &Path, request: &str) -> Result<String, String> {
         Some(msg) => Ok(msg.to_string()),
         None => Err(line.strip_prefix("error: ").unwrap_or(line).to_string()),
     }
+}
+
+fn peer_uid(s: &socket2::SockRef<'_>) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
 }
 
 #[cfg(test)]

@@ -141,6 +141,9 @@ struct RunArgs {
     /// Refuse to start when the plug tree is missing instead of setting it up.
     #[arg(long)]
     no_setup: bool,
+    /// As root, take over an ingress path recorded as another user's.
+    #[arg(long)]
+    force: bool,
     /// Control socket for `reloader reload` and `reloader status`.
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
@@ -243,7 +246,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Reload { control } => {
-            let path = control.unwrap_or_else(control::default_path);
+            let path = match control.map_or_else(control::default_path, Ok) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("reloader: control socket: {e} (or --control PATH)");
+                    return ExitCode::from(2);
+                }
+            };
             match control::ask(&path, "reload") {
                 Ok(msg) => {
                     println!("{msg}");
@@ -256,7 +265,13 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Status { control, json } => {
-            let path = control.unwrap_or_else(control::default_path);
+            let path = match control.map_or_else(control::default_path, Ok) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("reloader: control socket: {e} (or --control PATH)");
+                    return ExitCode::from(2);
+                }
+            };
             let status = control::ask(&path, "status").and_then(|reply| {
                 serde_json::from_str::<report::Status>(&reply)
                     .map_err(|e| format!("unreadable status from the reloader ({e}): {reply}"))
@@ -287,6 +302,29 @@ fn main() -> ExitCode {
         }
         Cmd::Run(args) => {
             logging::init(args.log_format);
+            if let Err(e) = authorize(&args) {
+                eprintln!("reloader: error: {e}");
+                return ExitCode::from(2);
+            }
+            warn_if_open_to_all();
+            // Forked while we have one thread, before any privilege is dropped.
+            let watchdog = match needs_watchdog(&args) {
+                Ok(false) => None,
+                Ok(true) => match qdisc::watchdog::Watchdog::spawn(
+                    plug_devs_of(&args),
+                    args.hold_limit + WATCHDOG_MARGIN,
+                ) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        eprintln!("reloader: error: cannot start the watchdog: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                Err(e) => {
+                    eprintln!("reloader: error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             // Capability sets are per thread: restrict before the runtime exists.
             let restricted = match args.strategy {
                 Strategy::Plug => privs::restrict_to(
@@ -323,7 +361,7 @@ fn main() -> ExitCode {
                 .build();
             match rt
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(run(*args)))
+                .and_then(|rt| rt.block_on(run(*args, watchdog)))
             {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -332,6 +370,96 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// How long past `--hold-limit` the watchdog waits before it releases a
+/// hold itself: the supervisor releases at the limit; this is the backstop.
+const WATCHDOG_MARGIN: Duration = Duration::from_millis(250);
+
+/// What the policy (`qdisc::policy`) says of this run: the ports and
+/// devices held, the hold's bound, a change of `tcp_migrate_req`.
+fn authorize(args: &RunArgs) -> Result<(), String> {
+    use qdisc::policy;
+    match args.strategy {
+        Strategy::Plug => {
+            let user = policy::Caller::current();
+            if user != policy::Caller::Unrestricted && args.local_hold == LocalHold::Egress {
+                return Err(format!(
+                    "as {}, --local-hold egress is refused: the tree on {}'s root queues every packet it sends; it is root's (the default, ingress, holds only your ports' SYNs)",
+                    user.name(),
+                    args.dev
+                ));
+            }
+            let mut devices: Vec<String> =
+                args.ingress_devs().into_iter().map(String::from).collect();
+            if args.local_hold == LocalHold::Egress {
+                devices.insert(0, args.dev.clone());
+            }
+            policy::authorize_hold(&policy::Hold {
+                ports: &args.ports(),
+                devices: &devices,
+                hold: args.hold_limit,
+                limit: qdisc::DEFAULT_LIMIT,
+            })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }
+        Strategy::Migrate => match swap::MigrateSwap::already_on() {
+            Ok(true) => Ok(()),
+            Ok(false) => policy::authorize_migrate().map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        Strategy::Handoff | Strategy::None => Ok(()),
+    }
+}
+
+/// The plug strategy, and migrate when it will change the sysctl.
+fn needs_watchdog(args: &RunArgs) -> Result<bool, String> {
+    match args.strategy {
+        Strategy::Plug => Ok(true),
+        Strategy::Migrate => swap::MigrateSwap::already_on()
+            .map(|on| !on)
+            .map_err(|e| e.to_string()),
+        Strategy::Handoff | Strategy::None => Ok(false),
+    }
+}
+
+fn plug_devs_of(args: &RunArgs) -> Vec<String> {
+    match args.strategy {
+        Strategy::Plug => args.plug_devs(),
+        _ => Vec::new(),
+    }
+}
+
+/// A binary of ours with a file capability that anyone may run gives
+/// everyone on the machine what the policy allows: said at start.
+fn warn_if_open_to_all() {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let Ok(meta) = std::fs::metadata(&exe) else {
+        return;
+    };
+    let Some(c) = std::ffi::CString::new(exe.as_os_str().as_encoded_bytes()).ok() else {
+        return;
+    };
+    // SAFETY: a size query (NULL buffer, length 0) of an attribute by path.
+    let caps = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            c"security.capability".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if caps > 0 && meta.permissions().mode() & 0o001 != 0 {
+        log(&format!(
+            "warning: {} has a file capability and every user may run it (mode {:o}): install it root:reloader mode 0750 so only the allowed group can",
+            exe.display(),
+            meta.permissions().mode() & 0o7777
+        ));
     }
 }
 
@@ -454,6 +582,7 @@ fn prepare_ingress(args: &RunArgs, dev: &str) -> anyhow::Result<Plug> {
             dev: dev.to_owned(),
             ports: ports.clone(),
             limit: qdisc::DEFAULT_LIMIT,
+            force: args.force,
         })
         .with_context(|| format!("setting up the ingress path on {dev}"))?;
         let which = match ports.as_slice() {
@@ -490,7 +619,7 @@ fn handoff_sockets(addrs: &[SocketAddr]) -> anyhow::Result<handoff::Handoff> {
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+async fn run(args: RunArgs, watchdog: Option<qdisc::watchdog::Watchdog>) -> anyhow::Result<()> {
     // A generation's processes whose parent exits (a launcher's child, a
     // daemon's fork) are reparented to us, not to init: they stay ours to
     // track, stop and reap (see `generation`).
@@ -518,9 +647,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 _owners.push(owner::take(&qdisc::ifb_of(dev), args.addr[0].port())?);
                 plugs.push(prepare_ingress(&args, dev)?);
             }
-            Box::new(PlugSwap::new(plugs))
+            Box::new(PlugSwap::new(plugs, watchdog))
         }
-        Strategy::Migrate => Box::new(swap::MigrateSwap::enable()?),
+        Strategy::Migrate => Box::new(swap::MigrateSwap::enable(watchdog)?),
         Strategy::Handoff => Box::new(swap::HandoffSwap),
         Strategy::None => Box::new(NoSwap),
     };
@@ -542,7 +671,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("metrics endpoint {addr}"))?;
         log(&format!("metrics on http://{bound}/metrics"));
     }
-    let control_path = args.control.clone().unwrap_or_else(control::default_path);
+    let control_path = match args.control.clone() {
+        Some(p) => p,
+        None => control::default_path().context("the control socket (or pass --control PATH)")?,
+    };
     let mut requests = control::serve(&control_path, report.clone())
         .with_context(|| format!("control socket {}", control_path.display()))?;
     let notify_path = PathBuf::from(format!("{}.notify", control_path.display()));

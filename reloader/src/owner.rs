@@ -4,16 +4,14 @@
 //! `flock` on a file beside the plug's state record; the kernel drops it when
 //! that reloader exits, even by SIGKILL, so its successor gets it at once.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OwnerError {
-    #[error(
-        "no writable directory for the plug's owner lock (/run/reuse-plug, $XDG_RUNTIME_DIR, /tmp)"
-    )]
-    NoDirectory,
+    #[error("the plug's owner lock: {0}")]
+    Runtime(#[from] qdisc::runtime::RuntimeError),
     #[error("{path}: {source}")]
     Io {
         path: std::path::PathBuf,
@@ -30,18 +28,12 @@ pub struct Owner {
 }
 
 pub fn take(dev: &str, port: u16) -> Result<Owner, OwnerError> {
-    let path = qdisc::runtime_path(dev, "reloader").ok_or(OwnerError::NoDirectory)?;
+    let path = qdisc::runtime_path(dev, "reloader")?;
     let io = |source| OwnerError::Io {
         path: path.clone(),
         source,
     };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io)?;
+    let mut file = qdisc::runtime::open_own(&path).map_err(io)?;
     // SAFETY: flock on a file we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let err = std::io::Error::last_os_error();

@@ -67,12 +67,26 @@ pub fn restrict_to(cap: Capability, what: &str, servers: &[Capability]) -> Resul
     Ok(())
 }
 
-/// For the strategies that need no privilege: drop everything so the
-/// servers never inherit anything (as root: but `servers`).
+/// For the strategies that need no privilege: every set emptied, so
+/// neither we nor the servers hold anything (as root: but `servers`, and
+/// CAP_KILL to signal them once they change uid, as in `restrict_to`).
 pub fn drop_all(servers: &[Capability]) -> Result<(), String> {
     bound_servers(servers)?;
-    let _ = caps::clear(None, CapSet::Ambient);
-    let _ = caps::clear(None, CapSet::Inheritable);
+    let mut effective = CapsHashSet::new();
+    if !servers.is_empty() {
+        effective.insert(Capability::CAP_KILL);
+    }
+    let mut permitted = effective.clone();
+    permitted.extend(servers.iter().copied());
+    let _ = SERVER_CAPS.set(servers.to_vec());
+    caps::clear(None, CapSet::Ambient)
+        .map_err(|e| format!("cannot clear ambient capabilities: {e}"))?;
+    caps::clear(None, CapSet::Inheritable)
+        .map_err(|e| format!("cannot clear inheritable capabilities: {e}"))?;
+    caps::set(None, CapSet::Effective, &effective)
+        .map_err(|e| format!("cannot set effective capabilities: {e}"))?;
+    caps::set(None, CapSet::Permitted, &permitted)
+        .map_err(|e| format!("cannot set permitted capabilities: {e}"))?;
     Ok(())
 }
 

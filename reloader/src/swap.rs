@@ -42,14 +42,20 @@ pub trait Swap {
 /// releases. The hold's timing is the plugs' own (`qdisc::Plug`).
 pub struct PlugSwap {
     plugs: Vec<Plug>,
+    /// Told when each hold begins and ends, so it can release if we die.
+    watchdog: Option<qdisc::watchdog::Watchdog>,
     /// Each plug's kernel drop counter when last looked at (after a release).
     drops: Vec<Option<u32>>,
 }
 
 impl PlugSwap {
-    pub fn new(plugs: Vec<Plug>) -> PlugSwap {
+    pub fn new(plugs: Vec<Plug>, watchdog: Option<qdisc::watchdog::Watchdog>) -> PlugSwap {
         let drops = vec![None; plugs.len()];
-        let mut swap = PlugSwap { plugs, drops };
+        let mut swap = PlugSwap {
+            plugs,
+            watchdog,
+            drops,
+        };
         swap.check_drops();
         swap
     }
@@ -106,6 +112,10 @@ impl Swap for PlugSwap {
 
     /// All or none: a plug that cannot buffer releases those that did.
     fn hold(&mut self) -> Result<(), qdisc::Error> {
+        // Said first: a hold the watchdog does not know of could outlive us.
+        if let Some(w) = &mut self.watchdog {
+            w.holding();
+        }
         for i in 0..self.plugs.len() {
             if let Err(e) = self.plugs[i].buffer() {
                 for p in &mut self.plugs[..i] {
@@ -130,6 +140,9 @@ impl Swap for PlugSwap {
         match failed {
             Some(e) => Err(e),
             None => {
+                if let Some(w) = &mut self.watchdog {
+                    w.released();
+                }
                 self.check_drops();
                 Ok(held)
             }
@@ -167,6 +180,8 @@ impl Swap for NoSwap {
 /// takes CAP_NET_ADMIN), the previous value restored at exit.
 pub struct MigrateSwap {
     restore: Option<String>,
+    /// Puts the old value back if we die without doing it.
+    watchdog: Option<qdisc::watchdog::Watchdog>,
 }
 
 const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
@@ -195,14 +210,24 @@ impl MigrateSwap {
         }
     }
 
-    pub fn enable() -> Result<MigrateSwap, MigrateError> {
+    pub fn enable(
+        mut watchdog: Option<qdisc::watchdog::Watchdog>,
+    ) -> Result<MigrateSwap, MigrateError> {
         if Self::already_on()? {
-            return Ok(MigrateSwap { restore: None });
+            return Ok(MigrateSwap {
+                restore: None,
+                watchdog,
+            });
         }
         let old = std::fs::read_to_string(MIGRATE_REQ).map_err(MigrateError::Read)?;
+        let old = old.trim().to_owned();
+        if let Some(w) = &mut watchdog {
+            w.migrate_changed(old == "1");
+        }
         std::fs::write(MIGRATE_REQ, "1").map_err(MigrateError::Set)?;
         Ok(MigrateSwap {
-            restore: Some(old.trim().to_owned()),
+            restore: Some(old),
+            watchdog,
         })
     }
 }
@@ -220,7 +245,11 @@ impl Swap for MigrateSwap {
 impl Drop for MigrateSwap {
     fn drop(&mut self) {
         if let Some(old) = &self.restore {
-            let _ = std::fs::write(MIGRATE_REQ, old);
+            if std::fs::write(MIGRATE_REQ, old).is_ok() {
+                if let Some(w) = &mut self.watchdog {
+                    w.migrate_restored();
+                }
+            }
         }
     }
 }

@@ -1,0 +1,144 @@
+//! Who owns an ifb of ours: a record in the ifb's alias (`IFLA_IFALIAS`).
+//! Only a holder of CAP_NET_ADMIN can write an alias, so no other user can
+//! forge one, and the kernel keeps it whatever happens to the process that
+//! wrote it. The record names the owner's uid, the PID that set it up and
+//! the device whose ingress it serves, so a device that merely has our
+//! name (an admin's, or a second device whose long name cut alike) is
+//! never taken for ours.
+
+use crate::error::{Error, Result};
+
+const TAG: &str = "reuse-plug:";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    pub uid: u32,
+    pub pid: u32,
+    /// The ifindex of the device whose SYNs the ifb holds.
+    pub dev: i32,
+}
+
+impl Record {
+    /// Ours: this process, for `dev`.
+    pub fn mine(dev: i32) -> Record {
+        Record {
+            uid: caller(),
+            pid: std::process::id(),
+            dev,
+        }
+    }
+
+    pub fn to_alias(self) -> String {
+        format!("{TAG} uid={} pid={} dev={}", self.uid, self.pid, self.dev)
+    }
+
+    pub fn parse(alias: &str) -> Option<Record> {
+        let rest = alias.strip_prefix(TAG)?;
+        let (mut uid, mut pid, mut dev) = (None, None, None);
+        for kv in rest.split_whitespace() {
+            match kv.split_once('=')? {
+                ("uid", v) => uid = v.parse().ok(),
+                ("pid", v) => pid = v.parse().ok(),
+                ("dev", v) => dev = v.parse().ok(),
+                _ => return None,
+            }
+        }
+        Some(Record {
+            uid: uid?,
+            pid: pid?,
+            dev: dev?,
+        })
+    }
+}
+
+/// The real uid: who ran us, whatever capability the binary carries.
+pub fn caller() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// May the caller act on `ifb`, which exists with `alias`, as the path of
+/// device `dev`? Root may take another user's over with `force`; a
+/// device with no record of ours, or ours for another device, is never
+/// taken.
+pub fn check(ifb: &str, dev: (&str, i32), alias: Option<&str>, force: bool) -> Result<Record> {
+    let not_ours = |what: String| Error::NotOurs {
+        dev: dev.0.to_owned(),
+        what,
+    };
+    let Some(record) = alias.and_then(Record::parse) else {
+        return Err(not_ours(format!(
+            "a device named {ifb} with no record of ours (its alias)"
+        )));
+    };
+    if record.dev != dev.1 {
+        return Err(not_ours(format!(
+            "{ifb}, which serves another device (ifindex {})",
+            record.dev
+        )));
+    }
+    let me = caller();
+    if record.uid != me && !(force && me == 0) {
+        return Err(Error::Owned {
+            what: format!("{ifb} (the ingress path of {})", dev.0),
+            uid: record.uid,
+            pid: record.pid,
+        });
+    }
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_reads_back() {
+        let r = Record {
+            uid: 1000,
+            pid: 42,
+            dev: 3,
+        };
+        assert_eq!(Record::parse(&r.to_alias()), Some(r));
+        for bad in [
+            "",
+            "webserver uplink",
+            "reuse-plug: uid=1",
+            "reuse-plug: uid=x pid=1 dev=1",
+        ] {
+            assert_eq!(Record::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_the_owner_and_only_for_its_device() {
+        let me = caller();
+        let mine = Record {
+            uid: me,
+            pid: 1,
+            dev: 3,
+        }
+        .to_alias();
+        assert!(check("ifb-x", ("x", 3), Some(&mine), false).is_ok());
+        let e = check("ifb-x", ("x", 4), Some(&mine), true).unwrap_err();
+        assert!(matches!(e, Error::NotOurs { .. }), "{e}");
+        let e = check("ifb-x", ("x", 3), None, true).unwrap_err();
+        assert!(matches!(e, Error::NotOurs { .. }), "{e}");
+        let theirs = Record {
+            uid: me + 1,
+            pid: 9,
+            dev: 3,
+        }
+        .to_alias();
+        let e = check("ifb-x", ("x", 3), Some(&theirs), false).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("belongs to uid {}", me + 1)),
+            "{e}"
+        );
+        assert_eq!(
+            check("ifb-x", ("x", 3), Some(&theirs), true).is_ok(),
+            me == 0
+        );
+    }
+}

@@ -548,7 +548,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("--hold-limit 6s is above the most allowed (5s"),
+            e.contains("--hold-limit 6s is above the most allowed: 5s"),
             "{e}"
         );
         let p = policy("[limits]\nmax_hold = \"10s\"\n");

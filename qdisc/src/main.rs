@@ -80,6 +80,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `qdisc status | grep -q` closes the pipe early: end quietly, as a
+    // shell tool does, instead of panicking on the write.
+    // SAFETY: restoring the default disposition of one signal.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

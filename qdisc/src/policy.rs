@@ -60,7 +60,9 @@ pub enum PolicyError {
         what: String,
         path: PathBuf,
     },
-    #[error("{flag} {asked} is above the most allowed{whose}: {max} (root sets it: [limits] in {path})")]
+    #[error(
+        "{flag} {asked} is above the most allowed{whose}: {max} (root sets it: [limits] in {path})"
+    )]
     OverLimit {
         flag: &'static str,
         asked: String,
@@ -325,6 +327,15 @@ impl Policy {
     }
 }
 
+/// `5s`, `1.5s`, `250ms`: as a user would have written it.
+fn seconds(d: Duration) -> String {
+    match d.subsec_millis() {
+        0 => format!("{}s", d.as_secs()),
+        _ if d.as_secs() == 0 => format!("{}ms", d.as_millis()),
+        _ => format!("{:.3}s", d.as_secs_f64()),
+    }
+}
+
 fn parse_range(s: &str) -> Option<RangeInclusive<u16>> {
     let (a, b) = s.split_once('-')?;
     let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
@@ -418,8 +429,8 @@ pub fn authorize_hold_as(
     if req.hold > limits.max_hold {
         return Err(PolicyError::OverLimit {
             flag: "--hold-limit",
-            asked: humantime::format_duration(req.hold).to_string(),
-            max: humantime::format_duration(limits.max_hold).to_string(),
+            asked: seconds(req.hold),
+            max: seconds(limits.max_hold),
             whose,
             path,
         });

@@ -111,11 +111,25 @@ fn plug_toggles() {
 fn fw_filters() {
     check(
         "fw_add_ip",
-        fw::add(LO, handle(1, 0), 1, ETH_P_IP, 1, handle(1, 4)),
+        fw::add(
+            LO,
+            handle(1, 0),
+            1,
+            ETH_P_IP,
+            crate::tree::MARK,
+            handle(1, 4),
+        ),
     );
     check(
         "fw_add_ipv6",
-        fw::add(LO, handle(1, 0), 2, ETH_P_IPV6, 1, handle(1, 4)),
+        fw::add(
+            LO,
+            handle(1, 0),
+            2,
+            ETH_P_IPV6,
+            crate::tree::MARK,
+            handle(1, 4),
+        ),
     );
 }
 
@@ -147,7 +161,7 @@ fn nft_mark_rule_ipv4() {
     let src = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
     check_batch(
         "nft_install_ip",
-        nft::batch(nft::install(Family::Ipv4, Some(&src), 1)),
+        nft::batch(nft::install(Family::Ipv4, Some(&src), crate::tree::MARK)),
     );
 }
 
@@ -156,7 +170,7 @@ fn nft_mark_rule_ipv6() {
     let src = [IpAddr::V6(Ipv6Addr::LOCALHOST)];
     check_batch(
         "nft_install_ip6",
-        nft::batch(nft::install(Family::Ipv6, Some(&src), 1)),
+        nft::batch(nft::install(Family::Ipv6, Some(&src), crate::tree::MARK)),
     );
 }
 
@@ -164,7 +178,7 @@ fn nft_mark_rule_ipv6() {
 fn nft_mark_rule_any_source() {
     check_batch(
         "nft_install_ip_any",
-        nft::batch(nft::install(Family::Ipv4, None, 1)),
+        nft::batch(nft::install(Family::Ipv4, None, crate::tree::MARK)),
     );
 }
 
@@ -199,7 +213,7 @@ fn nft_mark_rule_for_one_port() {
             Family::Ipv4,
             Some(&src),
             Some(7000),
-            1,
+            crate::tree::MARK,
         )),
     );
     let src = [IpAddr::V6(Ipv6Addr::LOCALHOST)];
@@ -209,7 +223,7 @@ fn nft_mark_rule_for_one_port() {
             Family::Ipv6,
             Some(&src),
             Some(7000),
-            1,
+            crate::tree::MARK,
         )),
     );
 }

@@ -7,8 +7,11 @@
 //! ```text
 //! add table ip reuse_plug
 //! add chain ip reuse_plug output { type route hook output priority mangle; policy accept; }
-//! add rule ip reuse_plug output ip saddr 127.0.0.1 tcp flags & (syn|ack) == syn meta mark set 0x1
+//! add rule ip reuse_plug output ip saddr 127.0.0.1 tcp flags & (syn|ack) == syn meta mark set meta mark or 0x1000000
 //! ```
+//!
+//! The rule sets one bit of ours and keeps every other bit of the packet's
+//! mark (a connection's SO_MARK, another tool's marks) as it was.
 //!
 //! the equivalent of the seed's `iptables -t mangle -I OUTPUT -p tcp -s
 //! 127.0.0.1 --syn -j MARK --set-mark 1`, in a table that is ours alone
@@ -19,8 +22,8 @@ use std::net::IpAddr;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 use netlink_packet_netfilter::nftables::{
     Bitwise, ChainAttribute, ChainMessage, Cmp, DataAttribute, Expressions, GenMessage, Hook,
-    Immediate, InetHookNumber, ListAttribute, Meta, MetaKey, NfTablesMessage, Operator, Payload,
-    Register, RuleAttribute, RuleMessage, TableAttribute, TableFlags, TableMessage,
+    InetHookNumber, ListAttribute, Meta, MetaKey, NfTablesMessage, Operator, Payload, Register,
+    RuleAttribute, RuleMessage, TableAttribute, TableFlags, TableMessage,
 };
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
@@ -166,7 +169,7 @@ pub fn get_gen() -> Message {
     )
 }
 
-/// `[ip saddr ADDR] [tcp dport PORT] tcp flags & (syn|ack) == syn meta mark set MARK`.
+/// `[ip saddr ADDR] [tcp dport PORT] tcp flags & (syn|ack) == syn meta mark set meta mark or MARK`.
 fn rule(family: Family, source: Option<IpAddr>, port: Option<u16>, mark: u32) -> Message {
     let mut e: Vec<Expressions> = Vec::new();
     match source {
@@ -199,9 +202,18 @@ fn rule(family: Family, source: Option<IpAddr>, port: Option<u16>, mark: u32) ->
         Bitwise::Xor(DataAttribute::Value(vec![0])),
     ]));
     e.push(cmp_eq(&[TCP_SYN]));
-    e.push(Expressions::Immediate(vec![
-        Immediate::DestinationRegister(Register::Reg1),
-        Immediate::Data(DataAttribute::Value(mark.to_ne_bytes().to_vec())),
+    // mark | MARK, as nft encodes it: (mark & !MARK) ^ MARK.
+    e.push(Expressions::Meta(vec![
+        Meta::Key(MetaKey::Mark),
+        Meta::DestinationRegister(Register::Reg1),
+    ]));
+    e.push(Expressions::Bitwise(vec![
+        Bitwise::SourceRegister(Register::Reg1),
+        Bitwise::DestinationRegister(Register::Reg1),
+        Bitwise::Op(0),
+        Bitwise::Length(4),
+        Bitwise::Mask(DataAttribute::Value((!mark).to_ne_bytes().to_vec())),
+        Bitwise::Xor(DataAttribute::Value(mark.to_ne_bytes().to_vec())),
     ]));
     e.push(Expressions::Meta(vec![
         Meta::Key(MetaKey::Mark),

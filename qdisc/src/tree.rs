@@ -34,8 +34,10 @@ pub const FIFOS: [(Handle, Handle); 3] = [
 ];
 pub const FIFO_LIMIT: u32 = 1000;
 pub const DEFAULT_LIMIT: u32 = 1 << 20;
-/// The mark the nf_tables rule sets and the fw filter matches.
-pub const MARK: u32 = 1;
+/// The mark bit the nf_tables rule sets (leaving the others) and the fw
+/// filter matches under the same mask. Bit 24: clear of kube-proxy's
+/// 0x4000/0x8000 and of Cilium's 0x0f00.
+pub const MARK: u32 = 1 << 24;
 /// Filter priorities: one per address family.
 const PRIO_V4: u16 = 1;
 const PRIO_V6: u16 = 2;

@@ -22,11 +22,11 @@ $NFT list ruleset | tee /tmp/n1
 grep -q 'qdisc prio 1: root refcnt [0-9]* bands 4 priomap 1 2 2 2 1 2 0 0 1 1 1 1 1 1 1 1' /tmp/q1 || fail "prio root"
 for b in 1 2 3; do grep -q "qdisc pfifo ${b}0: parent 1:$b limit 1000p" /tmp/q1 || fail "pfifo ${b}0:"; done
 grep -q 'qdisc plug 40: parent 1:4' /tmp/q1 || fail "plug 40:"
-grep -q 'filter parent 1: protocol ip pref 1 fw chain 0 handle 0x1 classid 1:4' /tmp/f1 || fail "fw filter (ip)"
-grep -q 'filter parent 1: protocol ipv6 pref 2 fw chain 0 handle 0x1 classid 1:4' /tmp/f1 || fail "fw filter (ipv6)"
+grep -q 'filter parent 1: protocol ip pref 1 fw chain 0 handle 0x1000000/0x1000000 classid 1:4' /tmp/f1 || fail "fw filter (ip)"
+grep -q 'filter parent 1: protocol ipv6 pref 2 fw chain 0 handle 0x1000000/0x1000000 classid 1:4' /tmp/f1 || fail "fw filter (ipv6)"
 grep -q 'type route hook output priority mangle; policy accept;' /tmp/n1 || fail "chain"
-grep -q 'ip saddr 127.0.0.1 tcp flags syn / syn,ack meta mark set 0x00000001' /tmp/n1 || fail "ip rule"
-grep -q 'ip6 saddr ::1 tcp flags syn / syn,ack meta mark set 0x00000001' /tmp/n1 || fail "ip6 rule"
+grep -q 'ip saddr 127.0.0.1 tcp flags syn / syn,ack meta mark set meta mark | 0x01000000' /tmp/n1 || fail "ip rule"
+grep -q 'ip6 saddr ::1 tcp flags syn / syn,ack meta mark set meta mark | 0x01000000' /tmp/n1 || fail "ip6 rule"
 qdisc status || fail "status says incomplete"
 
 step "setup twice equals setup once"

@@ -8,12 +8,21 @@ setcap cap_net_admin+ep /tmp/reloader || fail "setcap"
 cp /usr/local/bin/reloader /tmp/reloader-nocaps
 chmod 1777 /tmp
 chmod 755 /tmp/reloader /tmp/reloader-nocaps
+# A user of the capability binary acts only where root's policy allows.
+chmod 755 / /etc
+mkdir -p /etc/reloader
+printf '[[allow]]\nusers = ["nobody"]\nports = [7000]\n' > /etc/reloader/policy.toml
+install -d -m 700 -o nobody /run/user/65534
 
-su -s /bin/sh nobody -c '/tmp/reloader run --control /tmp/nobody.sock -- reuse-server' 2>/tmp/caps.log &
+su -s /bin/sh nobody -c 'XDG_RUNTIME_DIR=/run/user/65534 /tmp/reloader run --control /tmp/nobody.sock -- reuse-server' 2>/tmp/caps.log &
 for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/caps.log && break; sleep 0.1; done
 grep -q 'reloader: serving' /tmp/caps.log || fail "the reloader did not start as nobody"
 SERVER=$(pidof reuse-server)
-RELOADER=$(pidof reloader)
+# Not its watchdog (a fork that keeps CAP_NET_ADMIN, named reloader-watch).
+for p in $(pidof reloader); do [ "$(cat /proc/$p/comm)" = reloader-watch ] || RELOADER=$p; done
+WATCH=$(for p in $(pidof reloader); do [ "$(cat /proc/$p/comm)" = reloader-watch ] && echo $p; done)
+[ -n "$WATCH" ] || fail "no watchdog beside the plug reloader"
+grep -q 'CapEff:	0000000000001000' /proc/$WATCH/status || fail "the watchdog should hold exactly CAP_NET_ADMIN"
 echo "reloader $RELOADER: $(grep -E '^(Uid|CapPrm|CapEff|CapInh|CapAmb)' /proc/$RELOADER/status | tr '\t\n' '  ')"
 echo "server $SERVER: $(grep -E '^(Uid|CapPrm|CapEff|CapInh|CapAmb)' /proc/$SERVER/status | tr '\t\n' '  ')"
 grep -q 'CapEff:	0000000000000000' /proc/$SERVER/status || fail "the server has capabilities"
@@ -27,8 +36,9 @@ NEW=$(pidof reuse-server)
 grep -q 'CapEff:	0000000000000000' /proc/$NEW/status || fail "the reloaded server has capabilities"
 ls -l /tmp/nobody.sock | grep -q '^srw-------' || fail "control socket is not mode 0600: $(ls -l /tmp/nobody.sock)"
 # root may ask too; another ordinary user may not. The socket's mode 0600
-# stops it first; the peer-uid check is the second wall: opened up to 0666,
-# the socket still refuses another user, and no reload happens.
+# stops it first; the peer-uid checks are the next walls: opened up to 0666,
+# the client will not trust another user's socket, nor the reloader another
+# user's request, and no reload happens.
 echo "other:x:1000:1000:other:/tmp:/bin/sh" >> /etc/passwd
 chmod 666 /tmp/nobody.sock
 BEFORE=$(pidof reuse-server)
@@ -36,7 +46,8 @@ if su -s /bin/sh other -c '/tmp/reloader-nocaps reload --control /tmp/nobody.soc
     fail "another user was allowed to reload: $(cat /tmp/other.out)"
 fi
 cat /tmp/other.out
-grep -q "permission denied (not the reloader's user)" /tmp/other.out || fail "no clear refusal for another user"
+# The client refuses first (the socket is not its user's), else the reloader.
+grep -q -e "permission denied (not the reloader's user)" -e "is served by uid 65534, not by you" /tmp/other.out || fail "no clear refusal for another user"
 [ "$(pidof reuse-server)" = "$BEFORE" ] || fail "a refused request changed the serving generation"
 /usr/local/bin/reloader reload --control /tmp/nobody.sock > /dev/null || fail "root was refused"
 

@@ -353,6 +353,13 @@ fn guest_reloader_least_privilege() {
     scenario("reloader-caps");
 }
 
+/// Issue #20's eight findings, each refused or made harmless (see the
+/// scenario's steps), and an allowed user's reloads lose nothing.
+#[test]
+fn guest_security_findings_are_refused_or_harmless() {
+    scenario("security");
+}
+
 // The harness itself: failures, panics and hangs are reported as such.
 
 #[test]

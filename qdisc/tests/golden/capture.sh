@@ -43,8 +43,8 @@ cap plug_add        36 tc qdisc add dev lo parent 1:4 handle 40: plug limit 1048
 cap plug_buffer     36 tc qdisc change dev lo parent 1:4 handle 40: plug block
 cap plug_release    36 tc qdisc change dev lo parent 1:4 handle 40: plug release_indefinite
 cap plug_release_one 36 tc qdisc change dev lo parent 1:4 handle 40: plug release
-cap fw_add_ip       44 tc filter add dev lo protocol ip parent 1:0 prio 1 handle 1 fw classid 1:4
-cap fw_add_ipv6     44 tc filter add dev lo protocol ipv6 parent 1:0 prio 2 handle 1 fw classid 1:4
+cap fw_add_ip       44 tc filter add dev lo protocol ip parent 1:0 prio 1 handle 0x1000000/0x1000000 fw classid 1:4
+cap fw_add_ipv6     44 tc filter add dev lo protocol ipv6 parent 1:0 prio 2 handle 0x1000000/0x1000000 fw classid 1:4
 cap u32_add_ip      44 tc filter add dev lo parent 1: protocol ip prio 1 u32 \
     match u32 0x00060000 0x00ff0000 at 8 match u32 0x05000000 0x0f000000 at 0 \
     match u32 0x00020000 0x00120000 at 32 match u32 0x7f000001 0xffffffff at 12 flowid 1:4
@@ -84,7 +84,7 @@ cap u32_mirred_ipv6 44 sh -c 'ip link add ifb-lo type ifb; tc qdisc add dev lo i
 nft_script() { printf '%s\n' \
     "add table $1 reuse_plug" "delete table $1 reuse_plug" "add table $1 reuse_plug" \
     "add chain $1 reuse_plug output { type route hook output priority mangle; policy accept; }" \
-    "add rule $1 reuse_plug output $2 tcp flags & (syn|ack) == syn meta mark set 0x1" > "/tmp/golden-$1.nft"; }
+    "add rule $1 reuse_plug output $2 tcp flags & (syn|ack) == syn meta mark set meta mark or 0x1000000" > "/tmp/golden-$1.nft"; }
 nft_script ip "ip saddr 127.0.0.1"; cap nft_install_ip 16 nft -f /tmp/golden-ip.nft
 nft_script ip6 "ip6 saddr ::1"; cap nft_install_ip6 16 nft -f /tmp/golden-ip6.nft
 nft_script ip ""; cap nft_install_ip_any 16 nft -f /tmp/golden-ip.nft

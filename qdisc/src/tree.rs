@@ -195,11 +195,15 @@ impl Present {
         Ok(p)
     }
 
-    /// Our prio 1: is the root.
+    /// Our tree is the root: prio 1: with our plug 40: under 1:4. An
+    /// admin's own `root handle 1: prio` (no plug of that shape) is not
+    /// ours: never set up over, never torn down.
     fn is_ours(&self) -> bool {
-        self.root
-            .as_ref()
-            .is_some_and(|r| r.kind == prio::KIND && r.handle == ROOT)
+        self.plug.is_some()
+            && self
+                .root
+                .as_ref()
+                .is_some_and(|r| r.kind == prio::KIND && r.handle == ROOT)
     }
 
     fn has_filter(&self, kind: &str, f: Family) -> bool {

@@ -28,10 +28,13 @@ setcap cap_net_admin+ep "$B/reloader" || fail "setcap"
 setcap cap_net_admin+ep "$B/qdisc" || fail "setcap"
 for u in 1000 1001; do install -d -m 700 -o $u -g $u /run/user/$u; done
 # as USER CMD...: CMD as USER, in a login-like environment (XDG_RUNTIME_DIR).
-as() {
-    u=$1; shift
-    su -s /bin/sh "$u" -c "XDG_RUNTIME_DIR=/run/user/$(id -u "$u") PATH=$B:/usr/local/bin:/usr/bin:/bin $*"
-}
+# A script, so `timeout` can run it too.
+cat > /usr/local/bin/as <<EOF2
+#!/bin/sh
+u=\$1; shift
+exec su -s /bin/sh "\$u" -c "XDG_RUNTIME_DIR=/run/user/\$(id -u "\$u") PATH=$B:/usr/local/bin:/usr/bin:/bin \$*"
+EOF2
+chmod 755 /usr/local/bin/as
 # refused WHAT EXPECT CMD...: CMD must fail at once and print EXPECT (one
 # still running after 30 s was let in, and is stopped).
 refused() {
@@ -199,6 +202,10 @@ refused "an admin's ifb-dummy0" "with no record of ours" qdisc --dev dummy0 --in
 /usr/sbin/ip link del ifb-dummy0
 refused "an admin's ingress qdisc" "which this tool did not create" qdisc --dev dummy0 --ingress setup --port 7000
 /usr/sbin/tc filter show dev dummy0 parent ffff: | grep -q "gact action pass" || fail "the admin's filter changed"
+/usr/sbin/tc qdisc add dev dummy0-peer root handle 1: prio
+refused "an admin's prio 1:" "already has a root qdisc prio 1:" qdisc --dev dummy0-peer setup
+qdisc --dev dummy0-peer teardown > /dev/null 2>&1
+/usr/sbin/tc qdisc show dev dummy0-peer | grep -q "qdisc prio 1: root" || fail "teardown removed the admin's prio 1:"
 /usr/sbin/ip link add longname-eth0a type veth peer name lpeer-a
 /usr/sbin/ip link add longname-eth0b type veth peer name lpeer-b
 qdisc --dev longname-eth0a --ingress setup --port 7000 > /dev/null || fail "setup on a long name"

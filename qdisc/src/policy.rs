@@ -46,12 +46,10 @@ pub enum PolicyError {
     NoPolicy { user: String, path: PathBuf },
     #[error("{path} is ignored: {why}; it and every directory above it must belong to root and be writable by root only")]
     Unsafe { path: PathBuf, why: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The errno's text in the message, not as a source: these are
+    // printed whole (`to_string`), and a chain would say it twice.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("the policy ({path}) does not allow {user} to {what}; ask root to add it to an [[allow]] entry")]
@@ -213,9 +211,9 @@ impl Policy {
 
     /// The policy at `path`, refused unless root alone can have written it.
     pub fn load_from(path: &Path) -> Result<Option<Policy>, PolicyError> {
-        let io = |source| PolicyError::Io {
+        let io = |err| PolicyError::Io {
             path: path.to_owned(),
-            source,
+            err,
         };
         let file = match std::fs::OpenOptions::new()
             .read(true)

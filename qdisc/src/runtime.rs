@@ -14,12 +14,10 @@ pub enum RuntimeError {
     NoXdg,
     #[error("{path} is not safe for runtime files: {why}")]
     Unsafe { path: PathBuf, why: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The errno's text in the message, not as a source: these are
+    // printed whole (`to_string`), and a chain would say it twice.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
 }
 
 fn euid() -> u32 {
@@ -27,7 +25,8 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// The directory, created (mode 0700) if missing, checked every time.
+/// The directory, created (mode 0700) if missing, checked every time: ours,
+/// and writable by no one else.
 pub fn dir() -> Result<PathBuf, RuntimeError> {
     let uid = euid();
     let base = if uid == 0 {
@@ -45,9 +44,14 @@ pub fn dir() -> Result<PathBuf, RuntimeError> {
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(source) => return Err(RuntimeError::Io { path: dir, source }),
+        Err(source) => {
+            return Err(RuntimeError::Io {
+                path: dir,
+                err: source,
+            })
+        }
     }
-    check(&dir, uid, true)?;
+    check(&dir, uid, false)?;
     Ok(dir)
 }
 
@@ -56,7 +60,7 @@ pub fn dir() -> Result<PathBuf, RuntimeError> {
 pub fn check(path: &Path, uid: u32, private: bool) -> Result<(), RuntimeError> {
     let m = std::fs::symlink_metadata(path).map_err(|source| RuntimeError::Io {
         path: path.to_owned(),
-        source,
+        err: source,
     })?;
     let unsafe_ = |why: String| {
         Err(RuntimeError::Unsafe {

@@ -10,9 +10,9 @@ use std::os::fd::AsRawFd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OwnerError {
-    #[error("the plug's owner lock: {0}")]
+    #[error("the plug's owner lock")]
     Runtime(#[from] qdisc::runtime::RuntimeError),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: std::path::PathBuf,
         #[source]

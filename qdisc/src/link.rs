@@ -11,19 +11,58 @@ use crate::wire::Message;
 /// The kernel's limit on an interface name (IFNAMSIZ - 1).
 const IFNAMSIZ: usize = 15;
 
-/// The name of our ifb for `dev`: `ifb-<dev>` when that fits the kernel's
-/// limit, else `ifb-i<ifindex>` (two long names never share an ifb). A
-/// device of that name that is not ours is told apart by its record
-/// (`owner`), never taken.
-pub fn ifb_name(dev: &str) -> String {
-    let n = format!("ifb-{dev}");
+/// The name of our ifb for the service on `dev` whose lowest port is
+/// `port` (0: every port): `ifb-<dev>-<port>` (`ifb-<dev>`) when that fits
+/// the kernel's limit, else `ifb-i<ifindex>-<port>`, so two long names
+/// never share an ifb. A device of that name that is not ours is told
+/// apart by its record (`owner`), never taken.
+pub fn ifb_name(dev: &str, port: u16) -> String {
+    let tail = if port == 0 {
+        String::new()
+    } else {
+        format!("-{port}")
+    };
+    let n = format!("ifb-{dev}{tail}");
     if n.len() <= IFNAMSIZ {
         return n;
     }
     match crate::sys::ifindex(dev) {
-        Ok(i) => format!("ifb-i{i}"),
+        Ok(i) => format!("ifb-i{i}{tail}"),
         Err(_) => n[..IFNAMSIZ].to_owned(),
     }
+}
+
+/// `ip link show` (a dump): every link, to find our other ifbs.
+pub fn dump() -> Message {
+    Message::route(
+        netlink_packet_core::NLM_F_REQUEST | netlink_packet_core::NLM_F_DUMP,
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+    )
+}
+
+/// A link as a dump reports it: index, name and alias.
+pub struct Listed {
+    pub index: u32,
+    pub name: String,
+    pub alias: Option<String>,
+}
+
+pub fn listed(payload: &[u8]) -> Option<Listed> {
+    use netlink_packet_core::Parseable;
+    let m = LinkMessage::parse(payload).ok()?;
+    let mut out = Listed {
+        index: m.header.index,
+        name: String::new(),
+        alias: None,
+    };
+    for a in m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => out.name = n,
+            LinkAttribute::IfAlias(s) => out.alias = Some(s),
+            _ => {}
+        }
+    }
+    Some(out)
 }
 
 /// `ip link set dev INDEX alias TEXT`: where an ifb's owner is recorded.
@@ -32,16 +71,6 @@ pub fn set_alias(ifindex: u32, text: &str) -> Message {
     m.header.index = ifindex;
     m.attributes = vec![LinkAttribute::IfAlias(text.to_owned())];
     Message::route(NLM_F_REQUEST | NLM_F_ACK, RouteNetlinkMessage::NewLink(m))
-}
-
-/// The alias in an RTM_NEWLINK answer, if the link has one.
-pub fn alias(payload: &[u8]) -> Option<String> {
-    use netlink_packet_core::Parseable;
-    let m = LinkMessage::parse(payload).ok()?;
-    m.attributes.into_iter().find_map(|a| match a {
-        LinkAttribute::IfAlias(s) => Some(s),
-        _ => None,
-    })
 }
 
 /// `ip link add NAME type ifb`.

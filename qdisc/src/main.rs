@@ -30,6 +30,15 @@ struct Cli {
     #[arg(long, global = true)]
     force: bool,
 
+    /// The served port (repeatable): setup holds only SYNs to it, so no
+    /// other connection on the machine ever waits. With --ingress, the
+    /// ports are one service (named by the lowest), with its own ifb and
+    /// plug beside the device's other services; plug, release, teardown and
+    /// status act on that service (status without --port lists them all).
+    /// Default for setup: every port.
+    #[arg(long = "port", global = true, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    ports: Vec<u16>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -51,11 +60,6 @@ enum Command {
         /// Default: 127.0.0.1 and ::1 (local clients, as the seed).
         #[arg(long = "source", value_name = "ADDR|any")]
         sources: Vec<String>,
-        /// Hold only SYNs to this destination port (the served port), so no
-        /// other connection on the machine ever waits; repeatable with
-        /// --ingress (a server of several ports). Default: every port.
-        #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-        ports: Vec<u16>,
     },
     /// Remove our tree (releasing the plug first) and our nf_tables tables.
     /// Touches nothing else.
@@ -116,8 +120,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             classifier,
             limit,
             sources,
-            ports,
         } => {
+            let ports = cli.ports;
             anyhow::ensure!(
                 ports.len() <= 1,
                 "the tree on a device's root holds one port: give one --port, or use --ingress for several"
@@ -210,13 +214,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The same commands on the ingress path of `--dev`.
 fn run_ingress(cli: Cli) -> anyhow::Result<ExitCode> {
     let dev = cli.dev;
-    let ifb = qdisc::ifb_of(&dev);
+    let ports = match (&cli.command, cli.ports.is_empty()) {
+        (Command::Setup { .. } | Command::Status { .. } | Command::Probe { .. }, _)
+        | (_, false) => cli.ports.clone(),
+        // No --port: the device's one service, if it has just one.
+        (_, true) => only_service(&dev)?,
+    };
+    let ifb = qdisc::ifb_of(&dev, &ports);
     match cli.command {
         Command::Setup {
             classifier,
             limit,
             sources,
-            ports,
         } => {
             anyhow::ensure!(
                 classifier.unwrap_or(Classifier::U32) == Classifier::U32,
@@ -239,7 +248,7 @@ fn run_ingress(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             qdisc::ingress::setup(&qdisc::IngressConfig {
                 dev: dev.clone(),
-                ports,
+                ports: ports.clone(),
                 limit,
                 force: cli.force,
             })?;
@@ -247,12 +256,12 @@ fn run_ingress(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Teardown => {
             policy::authorize_device(&dev)?;
-            qdisc::ingress::teardown(&dev, cli.force)?;
-            println!("qdisc: removed the ingress qdisc from {dev}, and {ifb} with its tree");
+            qdisc::ingress::teardown(&dev, &ports, cli.force)?;
+            println!("qdisc: removed {ifb} with its tree and its redirects on {dev}");
         }
         Command::Plug => {
             let limits = policy::authorize_device(&dev)?;
-            qdisc::ingress::check_owner(&dev, cli.force)?;
+            qdisc::ingress::check_owner(&dev, &ports, cli.force)?;
             if policy::Caller::current() != policy::Caller::Unrestricted {
                 return bounded_plug(&dev, &ifb, limits.max_hold);
             }
@@ -261,50 +270,37 @@ fn run_ingress(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Release => {
             policy::authorize_device(&dev)?;
-            qdisc::ingress::check_owner(&dev, cli.force)?;
+            qdisc::ingress::check_owner(&dev, &ports, cli.force)?;
             Plug::open(&ifb)?.release()?;
             println!("qdisc: plug on {ifb} released");
         }
         Command::ReleaseOne => {
             policy::authorize_device(&dev)?;
-            qdisc::ingress::check_owner(&dev, cli.force)?;
+            qdisc::ingress::check_owner(&dev, &ports, cli.force)?;
             Plug::open(&ifb)?.release_one()?;
             println!("qdisc: plug on {ifb} released what it held before the last plug");
         }
         Command::Status { json } => {
-            let s = qdisc::ingress::status(&dev)?;
+            let all = match ports.is_empty() {
+                true => qdisc::ingress::services(&dev)?,
+                false => vec![qdisc::ingress::status(&dev, &ports)?],
+            };
             if json {
-                let v = serde_json::json!({
-                    "dev": s.dev,
-                    "ifb": s.ifb,
-                    "ifb_present": s.ifb_present,
-                    "owner": s.owner.map(|(uid, pid)| serde_json::json!({ "uid": uid, "pid": pid })),
-                    "ingress": s.ingress,
-                    "redirects": s.redirects,
-                    "complete": s.complete(),
-                    "tree": s.tree.as_ref().map(|t| serde_json::from_str::<serde_json::Value>(&status_json(t)).expect("our own JSON")),
-                });
-                println!("{v}");
-            } else {
-                println!(
-                    "device     {dev}\ningress    {}\nredirects  {}\nifb        {} {}",
-                    s.ingress.as_deref().unwrap_or("absent"),
-                    if s.redirects.is_empty() {
-                        "none".to_string()
-                    } else {
-                        s.redirects.join(", ")
-                    },
-                    s.ifb,
-                    if s.ifb_present { "present" } else { "absent" }
-                );
-                if let Some((uid, pid)) = s.owner {
-                    println!("owner      uid {uid} (set up by PID {pid})");
+                let v: Vec<serde_json::Value> = all.iter().map(ingress_json).collect();
+                // One service asked for: its object; else the list.
+                match (ports.is_empty(), v.as_slice()) {
+                    (false, [one]) => println!("{one}"),
+                    _ => println!("{}", serde_json::Value::Array(v)),
                 }
-                if let Some(t) = &s.tree {
-                    print!("{}", status_text(t));
+            } else {
+                if all.is_empty() {
+                    println!("device     {dev}\nservices   none");
+                }
+                for s in &all {
+                    print!("{}", ingress_text(s));
                 }
             }
-            return Ok(if s.complete() {
+            return Ok(if !all.is_empty() && all.iter().all(|s| s.complete()) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(3)
@@ -314,6 +310,7 @@ fn run_ingress(cli: Cli) -> anyhow::Result<ExitCode> {
             return run(Cli {
                 ingress: false,
                 force: cli.force,
+                ports: cli.ports,
                 dev,
                 command: cli.command,
             })
@@ -362,6 +359,69 @@ fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
         }
         Ok(set)
     }
+}
+
+/// The ports of the one service on `dev`'s ingress, or an error that
+/// lists them when there are several (or none).
+fn only_service(dev: &str) -> anyhow::Result<Vec<u16>> {
+    let all = qdisc::ingress::services(dev)?;
+    match all.as_slice() {
+        [one] => Ok(one.ports.clone()),
+        [] => anyhow::bail!(
+            "no service of ours on {dev}'s ingress: set one up with `qdisc --dev {dev} --ingress setup --port PORT`"
+        ),
+        many => anyhow::bail!(
+            "{} services on {dev}'s ingress ({}): say which with --port",
+            many.len(),
+            many.iter()
+                .map(|s| format!("{} ports {:?}", s.ifb, s.ports))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
+}
+
+fn ingress_json(s: &qdisc::IngressStatus) -> serde_json::Value {
+    serde_json::json!({
+        "dev": s.dev,
+        "ifb": s.ifb,
+        "ifb_present": s.ifb_present,
+        "owner": s.owner.map(|(uid, pid)| serde_json::json!({ "uid": uid, "pid": pid })),
+        "ports": s.ports,
+        "ingress": s.ingress,
+        "redirects": s.redirects,
+        "complete": s.complete(),
+        "tree": s.tree.as_ref().map(|t| serde_json::from_str::<serde_json::Value>(&status_json(t)).expect("our own JSON")),
+    })
+}
+
+fn ingress_text(s: &qdisc::IngressStatus) -> String {
+    let mut out = format!(
+        "device     {}\ningress    {}\nifb        {} {}\n",
+        s.dev,
+        s.ingress.as_deref().unwrap_or("absent"),
+        s.ifb,
+        if s.ifb_present { "present" } else { "absent" }
+    );
+    if let Some((uid, pid)) = s.owner {
+        let ports = match s.ports.as_slice() {
+            [] => "every port".to_string(),
+            p => format!("ports {p:?}"),
+        };
+        out += &format!("owner      uid {uid} (set up by PID {pid}), {ports}\n");
+    }
+    out += &format!(
+        "redirects  {}\n",
+        if s.redirects.is_empty() {
+            "none".to_string()
+        } else {
+            s.redirects.join(", ")
+        }
+    );
+    if let Some(t) = &s.tree {
+        out += &status_text(t);
+    }
+    out
 }
 
 fn parse_sources(args: &[String]) -> anyhow::Result<Sources> {

@@ -491,12 +491,18 @@ impl RunArgs {
         devs
     }
 
+    /// The ifb that holds our ports' SYNs arriving on `dev` (ours alone:
+    /// other services on `dev` have their own).
+    fn ifb_of(&self, dev: &str) -> String {
+        qdisc::ifb_of(dev, &self.ports())
+    }
+
     /// Every plug we hold: the egress tree's device, then each ifb.
     fn plug_devs(&self) -> Vec<String> {
         let egress = (self.local_hold == LocalHold::Egress).then(|| self.dev.clone());
         egress
             .into_iter()
-            .chain(self.ingress_devs().into_iter().map(qdisc::ifb_of))
+            .chain(self.ingress_devs().into_iter().map(|d| self.ifb_of(d)))
             .collect()
     }
 }
@@ -570,7 +576,7 @@ fn open_released(dev: &str) -> anyhow::Result<Plug> {
 fn prepare_ingress(args: &RunArgs, dev: &str) -> anyhow::Result<Plug> {
     let ports = args.ports();
     if args.no_setup {
-        let s = qdisc::ingress::status(dev)?;
+        let s = qdisc::ingress::status(dev, &ports)?;
         let flags: Vec<String> = ports.iter().map(|p| format!("--port {p}")).collect();
         anyhow::ensure!(
             s.complete(),
@@ -591,10 +597,10 @@ fn prepare_ingress(args: &RunArgs, dev: &str) -> anyhow::Result<Plug> {
         };
         log(&format!(
             "ingress path on {dev} holds SYNs to {which} only (u32 redirect to {})",
-            qdisc::ifb_of(dev)
+            args.ifb_of(dev)
         ));
     }
-    open_released(&qdisc::ifb_of(dev))
+    open_released(&args.ifb_of(dev))
 }
 
 /// The handoff strategy's sockets: those our own supervisor passed us
@@ -644,7 +650,7 @@ async fn run(args: RunArgs, watchdog: Option<qdisc::watchdog::Watchdog>) -> anyh
                 warn_egress_tree(&args.dev)?;
             }
             for dev in args.ingress_devs() {
-                _owners.push(owner::take(&qdisc::ifb_of(dev), args.addr[0].port())?);
+                _owners.push(owner::take(&args.ifb_of(dev), args.addr[0].port())?);
                 plugs.push(prepare_ingress(&args, dev)?);
             }
             Box::new(PlugSwap::new(plugs, watchdog))
@@ -711,7 +717,11 @@ async fn run(args: RunArgs, watchdog: Option<qdisc::watchdog::Watchdog>) -> anyh
         stop_signal: args.stop_signal,
     };
     let ifbs: Vec<String> = match args.strategy {
-        Strategy::Plug => args.ingress_devs().into_iter().map(qdisc::ifb_of).collect(),
+        Strategy::Plug => args
+            .ingress_devs()
+            .into_iter()
+            .map(|d| args.ifb_of(d))
+            .collect(),
         _ => Vec::new(),
     };
     let kernel = Box::new(kernel::Real::open(&ifbs)?);

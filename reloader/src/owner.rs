@@ -1,6 +1,7 @@
-//! One reloader per plug tree. The tree on a device has one plug, so two
+//! One reloader per plug tree. A service's tree has one plug, so two
 //! reloaders sharing it would release each other's holds (and re-scope each
-//! other's filters to their own port). The first one takes an exclusive
+//! other's filters to their own ports). Services on other ports have
+//! plugs of their own (`qdisc::ingress`). The first one takes an exclusive
 //! `flock` on a file beside the plug's state record; the kernel drops it when
 //! that reloader exits, even by SIGKILL, so its successor gets it at once.
 
@@ -18,7 +19,7 @@ pub enum OwnerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("another reloader already uses the plug tree on {dev} ({holder}); run one reloader per device (a second port needs its own tree: a separate network namespace, or --strategy none)")]
+    #[error("another reloader already uses the plug tree on {dev} ({holder}); run one reloader per service (a service on other ports gets its own plug beside this one)")]
     Taken { dev: String, holder: String },
 }
 

@@ -8,7 +8,7 @@
 set -u
 fail() { echo "FAIL: $*"; tail -20 /tmp/ov.log; exit 1; }
 # 600 bytes: about 8 SYNs on lo (74 bytes each with the link-layer header).
-# The reloader's own hold path (lo's ingress, ifb-lo), set up beforehand with
+# The reloader's own hold path (lo's ingress, ifb-lo-7000), set up beforehand with
 # the small limit; --no-setup keeps it as it is.
 qdisc --ingress setup --port 7000 --limit 600 > /dev/null || fail "qdisc setup"
 reloader run --strategy plug --no-setup --hold-limit 1s --drain-timeout 3s --control /tmp/ov.sock \

@@ -66,7 +66,7 @@ if reloader run --addr 127.0.0.1:7002 --control /tmp/r2.sock -- reuse-server --l
     fail "a second reloader on lo started"
 fi
 cat /tmp/second.log
-grep -q 'another reloader already uses the plug tree on ifb-lo' /tmp/second.log || fail "no clear refusal for a second reloader"
+grep -q 'another reloader already uses the plug tree on ifb-lo-7000' /tmp/second.log || fail "no clear refusal for a second reloader"
 
 for mode in slow nolisten unhealthy exit; do
     touch /tmp/mode-$mode

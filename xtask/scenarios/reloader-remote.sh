@@ -31,10 +31,10 @@ path)
     $S qdisc --dev veth-s --ingress setup --port 7000 > /dev/null || fail "second setup (idempotent)"
     echo "--- tc -s qdisc show (srv)"; $S $TC -s qdisc show
     echo "--- tc filter show dev veth-s ingress"; $S $TC filter show dev veth-s ingress | tee /tmp/f-ingress
-    echo "--- tc filter show dev ifb-veth-s"; $S $TC filter show dev ifb-veth-s
+    echo "--- tc filter show dev ifb-veth-s-7000"; $S $TC filter show dev ifb-veth-s-7000
     echo "--- ip link (srv)"; $S $IP link
-    grep -q 'action order 1: mirred (Egress Redirect to device ifb-veth-s)' /tmp/f-ingress || fail "no mirred redirect to ifb-veth-s"
-    [ "$(grep -c 'mirred (Egress Redirect to device ifb-veth-s)' /tmp/f-ingress)" = 2 ] || fail "expected IPv4 and IPv6 redirects"
+    grep -q 'action order 1: mirred (Egress Redirect to device ifb-veth-s-7000)' /tmp/f-ingress || fail "no mirred redirect to ifb-veth-s-7000"
+    [ "$(grep -c 'mirred (Egress Redirect to device ifb-veth-s-7000)' /tmp/f-ingress)" = 2 ] || fail "expected IPv4 and IPv6 redirects"
     $S qdisc --dev veth-s --ingress status || fail "status says incomplete"
 
     # A server on the port and one on another port, on the server host.
@@ -74,7 +74,7 @@ path)
     fi
     cat /tmp/notours
     grep -q 'veth-s already has an ingress qdisc, which this tool did not create' /tmp/notours || fail "no clear refusal"
-    $S $IP link show ifb-veth-s 2>/dev/null && fail "the refused setup left ifb-veth-s"
+    $S $IP link show ifb-veth-s-7000 2>/dev/null && fail "the refused setup left ifb-veth-s-7000"
     kill $(pidof reuse-server)
     echo "scenario: reloader-remote path ok"
     ;;

@@ -61,7 +61,7 @@ no_ifb() { ! /usr/sbin/ip link show "$1" > /dev/null 2>&1 || fail "$1 exists: $2
 
 step "finding 1, without a policy: nothing is allowed"
 refused "qdisc ingress setup, no policy" "no policy allows anything" as alice qdisc --dev lo --ingress setup --port 22
-no_ifb ifb-lo "a refused setup created it"
+no_ifb ifb-lo-22 "a refused setup created it"
 
 # The initramfs's / is mode 1777; a real root file system is not.
 chmod 755 / /etc
@@ -88,7 +88,7 @@ refused "port 22" "does not allow alice to hold port(s) \[22\] on lo" as alice q
 refused "every port" "every port is root's" as alice qdisc --dev lo --ingress setup
 refused "the egress tree" "only the ingress path (--ingress) may be used" as alice qdisc --dev lo setup --classifier u32 --source any
 refused "another device" "does not allow alice" as alice qdisc --dev eth9 --ingress setup --port 7000
-no_ifb ifb-lo "refused setups created it"
+for n in ifb-lo-22 ifb-lo ifb-lo-7000; do no_ifb $n "refused setups created it"; done
 as alice qdisc --dev lo --ingress status > /dev/null; [ $? = 3 ] || fail "status (allowed to all) did not report an absent path"
 
 step "the policy itself: a file others could write is ignored, with an error"
@@ -122,7 +122,16 @@ RA=$(owned reloader 1000)
 refused "bob plugs alice's path" "belongs to uid 1000" as bob qdisc --dev lo --ingress plug
 refused "bob tears it down" "belongs to uid 1000" as bob qdisc --dev lo --ingress teardown
 refused "bob sets up alice's port" "does not allow bob to hold port(s) \[7000\]" as bob reloader run --addr 127.0.0.1:7000 -- reuse-server
-refused "bob's reloader on lo beside alice's" "belongs to uid 1000" as bob reloader run --addr 127.0.0.1:9000 -- reuse-server --listen 127.0.0.1:9000
+# bob's own service on lo (port 9000) runs beside alice's, on a plug of its own.
+as bob reloader run --addr 127.0.0.1:9000 -- reuse-server --listen 127.0.0.1:9000 2>/tmp/sec-bob.log &
+SB=$!
+for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/sec-bob.log && break; sleep 0.1; done
+grep -q 'reloader: serving' /tmp/sec-bob.log || fail "bob's reloader did not start beside alice's"
+as bob reloader reload > /dev/null || fail "bob's own reload failed"
+refused "bob plugs alice's path by port" "belongs to uid 1000" as bob qdisc --dev lo --ingress --port 7000 plug
+refused "plug with two services and no --port" "say which with --port" qdisc --dev lo --ingress plug
+kill -TERM "$(owned reloader 1001)"; wait $SB || fail "bob's reloader exited $?"
+as bob qdisc --dev lo --ingress --port 9000 teardown > /dev/null || fail "bob could not tear down his own path"
 refused "root without --force" "belongs to uid 1000" qdisc --dev lo --ingress plug
 as alice reloader reload > /dev/null || fail "alice's reload failed after bob's attempts"
 loadgen get 127.0.0.1:7000 > /dev/null || fail "alice's server does not answer"
@@ -161,7 +170,7 @@ S=$!
 for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/sec-alice.log && break; sleep 0.1; done
 RA=$(owned reloader 1000)
 as alice reloader reload > /dev/null &
-for i in $(seq 1 200); do ls /run/user/1000/reuse-plug/*ifb-lo.buffering > /dev/null 2>&1 && break; sleep 0.05; done
+for i in $(seq 1 200); do ls /run/user/1000/reuse-plug/*ifb-lo-7000.buffering > /dev/null 2>&1 && break; sleep 0.05; done
 loadgen run 127.0.0.1:7000 -c 1 -n 1 > /tmp/sec-get.out 2>&1 &
 G=$!
 for i in $(seq 1 200); do qdisc --dev lo --ingress status --json | grep -q '"held_packets":[1-9]' && break; sleep 0.02; done
@@ -174,7 +183,7 @@ echo "   the held client was answered $MS ms after it connected (hold limit 4000
 grep -q "watchdog: the holder died" /tmp/sec-alice.log || fail "the watchdog did not say it released"
 stop_servers
 as alice qdisc --dev lo --ingress teardown > /dev/null || fail "alice could not tear down her own path"
-no_ifb ifb-lo "alice's teardown left it"
+no_ifb ifb-lo-7000 "alice's teardown left it"
 
 step "finding 2: a holder that stops: released at its bound"
 as alice reloader run --addr 127.0.0.1:7000 --stop-signal WINCH --hold-limit 1s --drain-timeout 20s -- reuse-server 2>/tmp/sec-alice.log &
@@ -182,7 +191,7 @@ S=$!
 for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/sec-alice.log && break; sleep 0.1; done
 RA=$(owned reloader 1000)
 as alice reloader reload > /dev/null &
-for i in $(seq 1 200); do ls /run/user/1000/reuse-plug/*ifb-lo.buffering > /dev/null 2>&1 && break; sleep 0.05; done
+for i in $(seq 1 200); do ls /run/user/1000/reuse-plug/*ifb-lo-7000.buffering > /dev/null 2>&1 && break; sleep 0.05; done
 kill -STOP "$RA"
 loadgen run 127.0.0.1:7000 -c 1 -n 1 > /tmp/sec-get.out 2>&1 || fail "the held client got no answer: $(cat /tmp/sec-get.out)"
 MS=$(sed -n 's/.*elapsed_ms=\([0-9]*\).*/\1/p' /tmp/sec-get.out)
@@ -195,13 +204,13 @@ stop_servers
 as alice qdisc --dev lo --ingress teardown > /dev/null
 
 step "finding 4: a device that only has our name, a long name, an admin's ingress"
-/usr/sbin/ip link add ifb-dummy0 type ifb
+/usr/sbin/ip link add ifb-dummy0-7000 type ifb
 /usr/sbin/ip link add dummy0 type veth peer name dummy0-peer
-refused "an admin's ifb-dummy0" "with no record of ours" qdisc --dev dummy0 --ingress setup --port 7000
-/usr/sbin/ip link show ifb-dummy0 > /dev/null || fail "the admin's ifb-dummy0 was removed"
+refused "an admin's ifb-dummy0-7000" "with no record of ours" qdisc --dev dummy0 --ingress setup --port 7000
+/usr/sbin/ip link show ifb-dummy0-7000 > /dev/null || fail "the admin's ifb-dummy0-7000 was removed"
 /usr/sbin/tc qdisc add dev dummy0 ingress
 /usr/sbin/tc filter add dev dummy0 parent ffff: prio 1 protocol ip u32 match u32 0 0 action pass
-/usr/sbin/ip link del ifb-dummy0
+/usr/sbin/ip link del ifb-dummy0-7000
 refused "an admin's ingress qdisc" "which this tool did not create" qdisc --dev dummy0 --ingress setup --port 7000
 /usr/sbin/tc filter show dev dummy0 parent ffff: | grep -q "gact action pass" || fail "the admin's filter changed"
 /usr/sbin/tc qdisc add dev dummy0-peer root handle 1: prio

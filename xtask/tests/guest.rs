@@ -353,6 +353,15 @@ fn guest_reloader_least_privilege() {
     scenario("reloader-caps");
 }
 
+/// Three services on one device, each with its own plug (one of two
+/// ports, one also holding remote clients), reloading at once under load:
+/// 0 failed on every port, each plug passes only its own SYNs, and a
+/// service killed mid-hold holds no other's client (issue #21).
+#[test]
+fn guest_three_services_side_by_side_zero_failures() {
+    scenario_with("services", &["500"], Duration::from_secs(600));
+}
+
 /// Issue #20's eight findings, each refused or made harmless (see the
 /// scenario's steps), and an allowed user's reloads lose nothing.
 #[test]

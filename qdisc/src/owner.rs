@@ -136,19 +136,29 @@ pub fn check_record(
 mod tests {
     use super::*;
 
+    fn record(uid: u32, dev: i32) -> Record {
+        Record {
+            uid,
+            pid: 42,
+            dev,
+            slot: 2,
+            ports: vec![8000, 8443],
+        }
+    }
+
     #[test]
     fn a_record_reads_back() {
-        let r = Record {
-            uid: 1000,
-            pid: 42,
-            dev: 3,
-        };
-        assert_eq!(Record::parse(&r.to_alias()), Some(r));
+        let r = record(1000, 3);
+        assert_eq!(Record::parse(&r.to_alias()), Some(r.clone()));
+        let any = Record { ports: vec![], ..r };
+        assert_eq!(Record::parse(&any.to_alias()), Some(any));
+        assert_eq!(record(1, 1).prios(), (5, 6));
         for bad in [
             "",
             "webserver uplink",
             "reuse-plug: uid=1",
-            "reuse-plug: uid=x pid=1 dev=1",
+            "reuse-plug: uid=x pid=1 dev=1 slot=0 ports=1",
+            "reuse-plug: uid=1 pid=1 dev=1 slot=0 ports=1,x",
         ] {
             assert_eq!(Record::parse(bad), None, "{bad}");
         }
@@ -157,31 +167,21 @@ mod tests {
     #[test]
     fn only_the_owner_and_only_for_its_device() {
         let me = caller();
-        let mine = Record {
-            uid: me,
-            pid: 1,
-            dev: 3,
-        }
-        .to_alias();
-        assert!(check_record("ifb-x", ("x", 3), Record::parse(&mine), false).is_ok());
-        let e = check_record("ifb-x", ("x", 4), Record::parse(&mine), true).unwrap_err();
+        let mine = Some(record(me, 3));
+        assert!(check_record("ifb-x", ("x", 3), mine.clone(), false).is_ok());
+        let e = check_record("ifb-x", ("x", 4), mine, true).unwrap_err();
         assert!(matches!(e, Error::NotOurs { .. }), "{e}");
         let e = check_record("ifb-x", ("x", 3), None, true).unwrap_err();
         assert!(matches!(e, Error::NotOurs { .. }), "{e}");
-        let theirs = Record {
-            uid: me + 1,
-            pid: 9,
-            dev: 3,
-        }
-        .to_alias();
-        let e = check_record("ifb-x", ("x", 3), Record::parse(&theirs), false).unwrap_err();
+        let theirs = Some(record(me + 1, 3));
+        let e = check_record("ifb-x", ("x", 3), theirs.clone(), false).unwrap_err();
         assert!(
             e.to_string()
                 .contains(&format!("belongs to uid {}", me + 1)),
             "{e}"
         );
         assert_eq!(
-            check_record("ifb-x", ("x", 3), Record::parse(&theirs), true).is_ok(),
+            check_record("ifb-x", ("x", 3), theirs, true).is_ok(),
             me == 0
         );
     }

@@ -19,7 +19,7 @@ struct Cli {
     dev: String,
 
     /// Hold SYNs arriving on --dev (remote clients) instead of those it
-    /// sends: an ifb device of ours (`ifb-DEV`) carries the plug tree, and
+    /// sends: an ifb device of ours (`ifb-DEV-PORT`, one per service) carries the plug tree, and
     /// u32 filters on DEV's ingress redirect SYNs to the port there (u32,
     /// since tc ingress runs before netfilter's marks exist). plug, release,
     /// status and teardown then act on that path.

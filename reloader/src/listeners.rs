@@ -88,10 +88,33 @@ impl Listeners {
             .collect())
     }
 
+    /// Every listening TCP socket on any port (both families): port and
+    /// inode, to tell which ports a server listens on.
+    pub fn all_listening(&mut self) -> Result<Vec<(u16, u32)>, DiagError> {
+        let mut out = Vec::new();
+        self.query_into(None, TCP_LISTEN, &mut out)?;
+        Ok(out
+            .into_iter()
+            .map(|(port, inode, _)| (port, inode))
+            .collect())
+    }
+
     /// Our port's TCP sockets in `state`, both families: inode and receive
     /// queue (for a listener, its accept queue's length).
     fn query(&mut self, port: u16, state: u32) -> Result<Vec<(u32, u32)>, DiagError> {
         let mut out = Vec::new();
+        self.query_into(Some(port), state, &mut out)?;
+        Ok(out.into_iter().map(|(_, inode, q)| (inode, q)).collect())
+    }
+
+    /// TCP sockets in `state` on `port` (or any), both families: port,
+    /// inode and receive queue.
+    fn query_into(
+        &mut self,
+        port: Option<u16>,
+        state: u32,
+        out: &mut Vec<(u16, u32, u32)>,
+    ) -> Result<(), DiagError> {
         for (family, id) in [
             (AF_INET, SocketId::new_v4()),
             (AF_INET6, SocketId::new_v6()),
@@ -115,13 +138,17 @@ impl Listeners {
             let mut bytes = vec![0; req.buffer_len()];
             req.serialize(&mut bytes);
             self.sock.send(&bytes, 0).map_err(DiagError::Io)?;
-            self.collect(port, &mut out)?;
+            self.collect(port, out)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Reads replies to the current request until DONE.
-    fn collect(&mut self, port: u16, out: &mut Vec<(u32, u32)>) -> Result<(), DiagError> {
+    fn collect(
+        &mut self,
+        port: Option<u16>,
+        out: &mut Vec<(u16, u32, u32)>,
+    ) -> Result<(), DiagError> {
         loop {
             let size = self
                 .sock
@@ -139,9 +166,13 @@ impl Listeners {
                             return Err(DiagError::Kernel(e.to_io()))
                         }
                         NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r))
-                            if r.header.socket_id.source_port == port =>
+                            if port.is_none_or(|p| r.header.socket_id.source_port == p) =>
                         {
-                            out.push((r.header.inode, r.header.recv_queue));
+                            out.push((
+                                r.header.socket_id.source_port,
+                                r.header.inode,
+                                r.header.recv_queue,
+                            ));
                         }
                         _ => {}
                     }

@@ -432,6 +432,35 @@ fn plug_devs_of(args: &RunArgs) -> Vec<String> {
     }
 }
 
+/// A server that listens on a port it was not given (`--addr`) has that
+/// port's listener closed unwatched and unheld at each reload: said at
+/// start, with the flag that would protect it.
+fn warn_unwatched_ports(gen: &generation::Generation, ports: &[u16]) {
+    let mine = match gen.sockets() {
+        Ok(s) => s,
+        Err(e) => return log(&format!("cannot list the server's sockets: {e}")),
+    };
+    let all = match listeners::Listeners::open().and_then(|mut l| l.all_listening()) {
+        Ok(a) => a,
+        Err(e) => return log(&format!("cannot list the listening sockets: {e}")),
+    };
+    let mut other: Vec<u16> = all
+        .into_iter()
+        .filter(|(port, inode)| mine.contains(inode) && !ports.contains(port))
+        .map(|(port, _)| port)
+        .collect();
+    other.sort_unstable();
+    other.dedup();
+    if !other.is_empty() {
+        let flags: Vec<String> = other.iter().map(|p| format!("--addr HOST:{p}")).collect();
+        log(&format!(
+            "warning: PID {} also listens on port(s) {other:?}, which are not watched or held at a reload (clients there can be reset): add {}",
+            gen.pid,
+            flags.join(" ")
+        ));
+    }
+}
+
 /// A binary of ours with a file capability that anyone may run gives
 /// everyone on the machine what the policy allows: said at start.
 fn warn_if_open_to_all() {
@@ -728,6 +757,7 @@ async fn run(args: RunArgs, watchdog: Option<qdisc::watchdog::Watchdog>) -> anyh
     let spawn = Box::new(kernel::Argv(args.command.clone()));
     let mut sup = Supervisor::start(opts, swap, kernel, spawn, notify).await?;
     report.serving(&sup.current);
+    warn_unwatched_ports(&sup.current, &args.ports());
     service::ready(&format!("serving: PID {}", sup.current.pid));
     log(&format!(
         "serving; strategy {:?}; reload with SIGHUP or `reloader reload --control {}`",

@@ -700,3 +700,47 @@ fn handoff_refuses_a_server_that_binds_its_own_socket() {
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
+
+#[test]
+fn a_port_the_server_was_not_given_is_named_at_start() {
+    let Some(server) = server() else {
+        return testkit::skip("reuse-server not built: run `cargo test --workspace`");
+    };
+    in_netns("unwatched port", move || {
+        for (addrs, warned) in [
+            (&["127.0.0.1:7000"][..], true),
+            (&["127.0.0.1:7000", "127.0.0.1:7001"][..], false),
+        ] {
+            let ctl = format!(
+                "/tmp/reloader-test-unwatched-{}-{warned}.sock",
+                std::process::id()
+            );
+            let mut cmd = Command::new(RELOADER);
+            cmd.args(["run", "--strategy", "none", "--control", &ctl]);
+            for a in addrs {
+                cmd.args(["--addr", a]);
+            }
+            cmd.arg("--").arg(&server).args([
+                "--listen",
+                "127.0.0.1:7000",
+                "--listen",
+                "127.0.0.1:7001",
+            ]);
+            let mut r = Proc::spawn(&mut cmd).unwrap();
+            assert!(
+                r.wait_line("reloader: serving", Duration::from_secs(20))
+                    .is_some(),
+                "{:?}",
+                r.log
+            );
+            // The warning comes before "serving".
+            let said = r.log.iter().any(|l| {
+                l.contains("also listens on port(s) [7001], which are not watched or held")
+                    && l.contains("add --addr HOST:7001")
+            });
+            assert_eq!(said, warned, "{addrs:?}: {:?}", r.log);
+            r.signal(libc::SIGTERM);
+            assert!(r.wait_exit(Duration::from_secs(20)).is_some());
+        }
+    });
+}

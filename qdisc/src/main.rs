@@ -214,6 +214,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The same commands on the ingress path of `--dev`.
 fn run_ingress(cli: Cli) -> anyhow::Result<ExitCode> {
     let dev = cli.dev;
+    // Who may act at all comes first (setup checks its ports itself).
+    if changes(&cli.command) && !matches!(cli.command, Command::Setup { .. }) {
+        policy::authorize_device(&dev)?;
+    }
     let ports = match (&cli.command, cli.ports.is_empty()) {
         (Command::Setup { .. } | Command::Status { .. } | Command::Probe { .. }, _)
         | (_, false) => cli.ports.clone(),

@@ -72,6 +72,10 @@ struct Ctx {
     kernel: Box<dyn Kernel>,
     spawn: Box<dyn Spawn>,
     notify: Notify,
+    /// Listeners known to be other generations' while one comes up: while
+    /// the group holds only these, the new one has none, and its
+    /// `/proc/PID/fd` need not be read (the costliest poll of a start).
+    others: BTreeSet<u32>,
 }
 
 pub struct Supervisor {
@@ -211,12 +215,18 @@ impl Ctx {
         Ok(missing)
     }
 
-    /// `gen`'s listeners in the group: sock_diag's listeners that are among
-    /// its open sockets.
+    /// `gen`'s listeners in the group that are not known as another
+    /// generation's (`others`): sock_diag's listeners among its open
+    /// sockets. While the group holds only known ones, there is no new one
+    /// to look for, and its `/proc/PID/fd` is not read.
     fn its_listeners(&mut self, gen: &Generation) -> Result<BTreeSet<u32>, Error> {
         let all = self.listening()?;
         if all.is_empty() {
             return Ok(all);
+        }
+        // Sockets every generation shares (handoff) are everyone's.
+        if !self.swap.shares_listeners() && all.is_subset(&self.others) {
+            return Ok(BTreeSet::new());
         }
         let own = gen.sockets().map_err(|source| Error::Proc {
             pid: gen.pid,
@@ -327,14 +337,18 @@ impl Ctx {
             while let Ok((pid, note)) = self.notify.notes.try_recv() {
                 ready |= gen.has(pid) && note == Note::Ready;
             }
-            let mine = self.its_listeners(gen)?;
-            // READY=1 comes after its last listen().
-            if ready && !mine.is_empty() && self.missing_ports(gen)?.is_empty() {
+            // READY=1 comes after its last listen(): only then are its
+            // listeners worth looking for.
+            let late = Instant::now() >= deadline;
+            if ready || late {
+                let mine = self.its_listeners(gen)?;
+                if ready && !mine.is_empty() && self.missing_ports(gen)?.is_empty() {
+                    gen.listeners = mine;
+                    return Ok(());
+                }
                 gen.listeners = mine;
-                return Ok(());
             }
-            if Instant::now() >= deadline {
-                gen.listeners = mine;
+            if late {
                 return Err(Refusal::NoJoin {
                     pid: gen.pid,
                     within: self.opts.ready_timeout,
@@ -564,6 +578,7 @@ impl Supervisor {
                 kernel,
                 spawn,
                 notify,
+                others: BTreeSet::new(),
             },
             current: first,
             pending: None,
@@ -684,6 +699,12 @@ impl Supervisor {
                     source,
                 })
             })?;
+        self.ctx.others = self
+            .retiring
+            .iter()
+            .chain(std::iter::once(&self.current))
+            .flat_map(|g| g.listeners.iter().copied())
+            .collect();
         let new = self.pending.insert(spawned);
         let up = Self::bring_up(&mut self.ctx, new).await;
         let t_up = t0.elapsed();
@@ -704,7 +725,11 @@ impl Supervisor {
         }
 
         // Step 4 on the current generation, which stays reachable in `self`
-        // until it is out of the group.
+        // until it is out of the group. The new one's listeners are known
+        // now too: only one the old bound since it joined needs a look.
+        if let Some(new) = &self.pending {
+            self.ctx.others.extend(new.listeners.iter().copied());
+        }
         let stop = self.ctx.opts.stop_signal;
         let closed = self.ctx.close(&mut self.current, stop).await;
         let new = self.pending.take().expect("pending generation");
@@ -1018,6 +1043,7 @@ mod tests {
                     path: "/nonexistent".into(),
                     notes,
                 },
+                others: BTreeSet::new(),
             },
             current: Generation::scripted(1, 1001, first),
             pending: None,

@@ -127,12 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "the tree on a device's root holds one port: give one --port, or use --ingress for several"
             );
             let port = ports.first().copied();
-            policy::authorize_hold(&policy::Hold {
-                ports: &ports,
-                devices: std::slice::from_ref(&dev),
-                hold: std::time::Duration::ZERO,
-                limit,
-            })?;
+            authorize_setup(&dev, &ports, limit)?;
             let classifier = classifier.unwrap_or(Classifier::Fw);
             let sources = parse_sources(&sources)?;
             qdisc::setup(&Config {
@@ -244,12 +239,7 @@ fn run_ingress(cli: Cli) -> anyhow::Result<ExitCode> {
                 [p] => format!("port {p}"),
                 many => format!("ports {many:?}"),
             };
-            policy::authorize_hold(&policy::Hold {
-                ports: &ports,
-                devices: std::slice::from_ref(&dev),
-                hold: std::time::Duration::ZERO,
-                limit,
-            })?;
+            authorize_setup(&dev, &ports, limit)?;
             qdisc::ingress::setup(&qdisc::IngressConfig {
                 dev: dev.clone(),
                 ports: ports.clone(),
@@ -321,6 +311,17 @@ fn run_ingress(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A setup's ports, device and plug limit, against the policy.
+fn authorize_setup(dev: &str, ports: &[u16], limit: u32) -> anyhow::Result<()> {
+    policy::authorize_hold(&policy::Hold {
+        ports,
+        devices: &[dev.to_owned()],
+        hold: Duration::ZERO,
+        limit,
+    })?;
+    Ok(())
 }
 
 /// A user's plug: held in the foreground for at most `bound` (their

@@ -87,6 +87,17 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// Runs `argv` as uid 65534 and requires the no-policy refusal (exit 2).
+fn refused_without_policy(argv: &[&OsStrLike]) {
+    let out = as_user(65534, &[], argv).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("no policy allows anything"),
+        "{}",
+        text(&out)
+    );
+}
+
 fn in_netns(name: &str, f: impl FnOnce() + Send + 'static) {
     if let Err(why) = testkit::netns::run(f) {
         testkit::skip(&format!("{name}: {why}"));
@@ -138,26 +149,14 @@ fn finding_1_a_user_without_a_policy_holds_nothing() {
         );
         assert!(!link_exists("ifb-lo"), "a refused setup made ifb-lo");
         let reloader = dir.join("reloader");
-        let out = as_user(
-            65534,
-            &[],
-            &[
-                &reloader,
-                &"run",
-                &"--control",
-                &"/nonexistent/x.sock",
-                &"--",
-                &"true",
-            ],
-        )
-        .output()
-        .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-        assert!(
-            text(&out).contains("no policy allows anything"),
-            "{}",
-            text(&out)
-        );
+        refused_without_policy(&[
+            &reloader,
+            &"run",
+            &"--control",
+            &"/nonexistent/x.sock",
+            &"--",
+            &"true",
+        ]);
         // Status stays open to everyone.
         let out = as_user(
             65534,
@@ -300,28 +299,16 @@ fn finding_7_a_user_cannot_change_tcp_migrate_req() {
             return testkit::skip("this kernel has no tcp_migrate_req (before 5.14)");
         };
         assert_eq!(before.trim(), "0", "a fresh namespace starts at 0");
-        let out = as_user(
-            65534,
-            &[],
-            &[
-                &dir.join("reloader"),
-                &"run",
-                &"--strategy",
-                &"migrate",
-                &"--control",
-                &"/nonexistent/x.sock",
-                &"--",
-                &"true",
-            ],
-        )
-        .output()
-        .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-        assert!(
-            text(&out).contains("no policy allows anything"),
-            "{}",
-            text(&out)
-        );
+        refused_without_policy(&[
+            &dir.join("reloader"),
+            &"run",
+            &"--strategy",
+            &"migrate",
+            &"--control",
+            &"/nonexistent/x.sock",
+            &"--",
+            &"true",
+        ]);
         assert_eq!(std::fs::read_to_string(sysctl).unwrap().trim(), "0");
     });
 }

@@ -51,6 +51,21 @@ owned() {
         [ "$(stat -c %u /proc/$p)" = "$2" ] && echo $p
     done
 }
+# start_alice ARGS...: alice's `reloader run ARGS`, serving; sets S (to
+# wait on) and RA (the reloader's PID).
+start_alice() {
+    as alice reloader run "$@" 2>/tmp/sec-alice.log &
+    S=$!
+    for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/sec-alice.log && break; sleep 0.1; done
+    grep -q 'reloader: serving' /tmp/sec-alice.log || fail "alice's reloader did not start: $*"
+    RA=$(owned reloader 1000)
+}
+# hold_begins: alice's reloader is asked to reload; returns once it holds.
+hold_begins() {
+    as alice reloader reload > /dev/null &
+    for i in $(seq 1 200); do ls /run/user/1000/reuse-plug/*ifb-lo-7000.buffering > /dev/null 2>&1 && break; sleep 0.05; done
+    ls /run/user/1000/reuse-plug/*ifb-lo-7000.buffering > /dev/null 2>&1 || fail "alice's reloader never held"
+}
 # alice's servers left by a killed reloader: stopped, then gone.
 stop_servers() {
     for p in $(owned reuse-server 1000); do kill -TERM $p; done
@@ -102,11 +117,7 @@ refused "root's hold limit" "above the most allowed: 5s" reloader run --hold-lim
 refused "plug limit" "above the most allowed: 1048576 bytes" qdisc --dev lo --ingress setup --port 7000 --limit 4294967295
 
 step "an allowed user reloads under load: 0 failed"
-as alice reloader run --addr 127.0.0.1:7000 --every 100ms -- reuse-server 2>/tmp/sec-alice.log &
-S=$!
-for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/sec-alice.log && break; sleep 0.1; done
-grep -q 'reloader: serving' /tmp/sec-alice.log || fail "alice's reloader did not start"
-RA=$(owned reloader 1000)
+start_alice --addr 127.0.0.1:7000 --every 100ms -- reuse-server
 grep -q "warning: .* has a file capability and every user may run it" /tmp/sec-alice.log && fail "warned though the binary is 0750"
 loadgen run 127.0.0.1:7000 -c 8 -n 2000 --min-servers 6 -d 300 | tee /tmp/sec-load.out
 grep -q ' failed=0 ' /tmp/sec-load.out || fail "alice's reloads lost requests"
@@ -114,11 +125,7 @@ qdisc --dev lo --ingress status | grep -q "owner      uid 1000" || fail "status 
 kill -TERM "$RA"; wait $S || fail "alice's reloader exited $?"
 
 step "finding 3: another user's objects are not yours"
-as alice reloader run --addr 127.0.0.1:7000 -- reuse-server 2>/tmp/sec-alice.log &
-S=$!
-for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/sec-alice.log && break; sleep 0.1; done
-grep -q 'reloader: serving' /tmp/sec-alice.log || fail "alice's reloader did not start"
-RA=$(owned reloader 1000)
+start_alice --addr 127.0.0.1:7000 -- reuse-server
 refused "bob plugs alice's path" "belongs to uid 1000" as bob qdisc --dev lo --ingress plug
 refused "bob tears it down" "belongs to uid 1000" as bob qdisc --dev lo --ingress teardown
 refused "bob sets up alice's port" "does not allow bob to hold port(s) \[7000\]" as bob reloader run --addr 127.0.0.1:7000 -- reuse-server
@@ -165,12 +172,8 @@ step "finding 2: kill -9 mid-hold: the watchdog releases at once"
 # something ends it; a client connects into it, then the reloader dies.
 # Without a watchdog the plug stays (the client times out after 30 s).
 kill -TERM "$RA"; wait $S
-as alice reloader run --addr 127.0.0.1:7000 --stop-signal WINCH --hold-limit 4s --drain-timeout 20s -- reuse-server 2>/tmp/sec-alice.log &
-S=$!
-for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/sec-alice.log && break; sleep 0.1; done
-RA=$(owned reloader 1000)
-as alice reloader reload > /dev/null &
-for i in $(seq 1 200); do ls /run/user/1000/reuse-plug/*ifb-lo-7000.buffering > /dev/null 2>&1 && break; sleep 0.05; done
+start_alice --addr 127.0.0.1:7000 --stop-signal WINCH --hold-limit 4s --drain-timeout 20s -- reuse-server
+hold_begins
 loadgen run 127.0.0.1:7000 -c 1 -n 1 > /tmp/sec-get.out 2>&1 &
 G=$!
 for i in $(seq 1 200); do qdisc --dev lo --ingress status --json | grep -q '"held_packets":[1-9]' && break; sleep 0.02; done
@@ -186,12 +189,8 @@ as alice qdisc --dev lo --ingress teardown > /dev/null || fail "alice could not 
 no_ifb ifb-lo-7000 "alice's teardown left it"
 
 step "finding 2: a holder that stops: released at its bound"
-as alice reloader run --addr 127.0.0.1:7000 --stop-signal WINCH --hold-limit 1s --drain-timeout 20s -- reuse-server 2>/tmp/sec-alice.log &
-S=$!
-for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/sec-alice.log && break; sleep 0.1; done
-RA=$(owned reloader 1000)
-as alice reloader reload > /dev/null &
-for i in $(seq 1 200); do ls /run/user/1000/reuse-plug/*ifb-lo-7000.buffering > /dev/null 2>&1 && break; sleep 0.05; done
+start_alice --addr 127.0.0.1:7000 --stop-signal WINCH --hold-limit 1s --drain-timeout 20s -- reuse-server
+hold_begins
 kill -STOP "$RA"
 loadgen run 127.0.0.1:7000 -c 1 -n 1 > /tmp/sec-get.out 2>&1 || fail "the held client got no answer: $(cat /tmp/sec-get.out)"
 MS=$(sed -n 's/.*elapsed_ms=\([0-9]*\).*/\1/p' /tmp/sec-get.out)
@@ -241,12 +240,9 @@ step "finding 7: tcp_migrate_req only where the policy allows, restored after SI
 refused "migrate" "does not allow alice to change net.ipv4.tcp_migrate_req" as alice reloader run --strategy migrate -- reuse-server
 [ "$(cat /proc/sys/net/ipv4/tcp_migrate_req)" = 0 ] || fail "a refused run changed tcp_migrate_req"
 sed -i 's/max_hold = "4s"/max_hold = "4s"\nmigrate = true/' /etc/reloader/policy.toml
-as alice reloader run --strategy migrate -- reuse-server 2>/tmp/sec-alice.log &
-S=$!
-for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/sec-alice.log && break; sleep 0.1; done
-grep -q 'reloader: serving' /tmp/sec-alice.log || fail "alice's migrate reloader did not start"
+start_alice --strategy migrate -- reuse-server
 [ "$(cat /proc/sys/net/ipv4/tcp_migrate_req)" = 1 ] || fail "migrate did not set tcp_migrate_req"
-kill -9 "$(owned reloader 1000)"
+kill -9 "$RA"
 for i in $(seq 1 100); do [ "$(cat /proc/sys/net/ipv4/tcp_migrate_req)" = 0 ] && break; sleep 0.05; done
 [ "$(cat /proc/sys/net/ipv4/tcp_migrate_req)" = 0 ] || fail "tcp_migrate_req stayed 1 after SIGKILL"
 echo "   tcp_migrate_req back to 0 after kill -9"
@@ -254,10 +250,7 @@ stop_servers
 
 step "finding 8: no capability kept where the strategy needs none"
 for s in handoff none; do
-    as alice reloader run --strategy $s -- reuse-server 2>/tmp/sec-alice.log &
-S=$!
-    for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/sec-alice.log && break; sleep 0.1; done
-    RA=$(owned reloader 1000)
+    start_alice --strategy $s -- reuse-server
     grep -E '^Cap(Eff|Prm)' /proc/$RA/status | tr '\n\t' '  '; echo " ($s)"
     grep -q 'CapEff:	0000000000000000' /proc/$RA/status || fail "$s keeps effective capabilities"
     grep -q 'CapPrm:	0000000000000000' /proc/$RA/status || fail "$s keeps permitted capabilities"
@@ -266,10 +259,8 @@ done
 
 step "install: a capability binary anyone may run is warned of"
 chmod 0755 "$B/reloader"
-as alice reloader run --strategy none -- reuse-server 2>/tmp/sec-alice.log &
-S=$!
-for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/sec-alice.log && break; sleep 0.1; done
+start_alice --strategy none -- reuse-server
 grep -q "has a file capability and every user may run it" /tmp/sec-alice.log || fail "no warning for a 0755 capability binary"
-kill -TERM "$(owned reloader 1000)"; wait
+kill -TERM "$RA"; wait $S
 [ "$FAILS" = 0 ] || { echo "scenario: security: $FAILS failure(s)"; exit 1; }
 echo "scenario: security ok"

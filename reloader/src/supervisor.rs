@@ -31,7 +31,7 @@ use crate::generation::Generation;
 use crate::health::Check;
 use crate::kernel::{Kernel, Spawn};
 use crate::notify::{Note, Notify};
-use crate::swap::Swap;
+use crate::swap::{AtClose, Swap};
 
 /// How often the kernel is asked while waiting on it.
 const POLL: Duration = Duration::from_millis(1);
@@ -169,6 +169,27 @@ pub fn log(msg: &str) {
 }
 
 impl Ctx {
+    /// The one shape of every wait: asks `step` every `every` until it
+    /// answers; once `end` has passed, `step` is told so (`late`) and must
+    /// answer (with what the deadline means: a warning, a refusal, a
+    /// count). No wait is a bare sleep: each looks at the kernel or the
+    /// server on every turn.
+    async fn poll<T, E>(
+        &mut self,
+        end: Instant,
+        every: Duration,
+        mut step: impl FnMut(&mut Ctx, bool) -> Result<Option<T>, E>,
+    ) -> Result<T, E> {
+        loop {
+            let late = Instant::now() >= end;
+            if let Some(answer) = step(self, late)? {
+                return Ok(answer);
+            }
+            debug_assert!(!late, "a wait's step must answer once it is late");
+            tokio::time::sleep(every).await;
+        }
+    }
+
     /// Listeners on our port (IPv4 and IPv6). A failed query is an error.
     fn listening(&mut self) -> Result<BTreeSet<u32>, Error> {
         self.kernel.on_port(&self.opts.ports)
@@ -225,7 +246,7 @@ impl Ctx {
             return Ok(all);
         }
         // Sockets every generation shares (handoff) are everyone's.
-        if !self.swap.shares_listeners() && all.is_subset(&self.others) {
+        if self.swap.at_close() != AtClose::Shared && all.is_subset(&self.others) {
             return Ok(BTreeSet::new());
         }
         let own = gen.sockets().map_err(|source| Error::Proc {
@@ -237,18 +258,18 @@ impl Ctx {
 
     /// Step 2: waits until `gen` is bound behind its gate or in the group.
     async fn wait_started(&mut self, gen: &mut Generation) -> Result<Started, Refusal> {
-        let deadline = Instant::now() + self.opts.ready_timeout;
-        loop {
+        let end = Instant::now() + self.opts.ready_timeout;
+        self.poll(end, START_POLL, |ctx, late| {
             if let Some(status) = gen.exited() {
                 return Err(Refusal::Exited {
                     pid: gen.pid,
                     status: status.to_string(),
                 });
             }
-            while let Ok((pid, note)) = self.notify.notes.try_recv() {
+            while let Ok((pid, note)) = ctx.notify.notes.try_recv() {
                 match note {
                     _ if !gen.has(pid) => {} // another process: not its word
-                    Note::Gate(addr) => return Ok(Started::Gate(addr, pid)),
+                    Note::Gate(addr) => return Ok(Some(Started::Gate(addr, pid))),
                     Note::Ready | Note::DrainCut(_) => {}
                 }
             }
@@ -257,10 +278,10 @@ impl Ctx {
             // dumpable: its /proc/PID/fd is closed to us until the exec.
             // That refusal is retried; if it outlasts the ready timeout it
             // is the answer.
-            let denied = match self.its_listeners(gen) {
-                Ok(mine) if !mine.is_empty() && self.missing_ports(gen)?.is_empty() => {
+            let denied = match ctx.its_listeners(gen) {
+                Ok(mine) if !mine.is_empty() && ctx.missing_ports(gen)?.is_empty() => {
                     gen.listeners = mine;
-                    return Ok(Started::Joined);
+                    return Ok(Some(Started::Joined));
                 }
                 Ok(_) => None,
                 Err(Error::Proc { pid, source })
@@ -270,18 +291,19 @@ impl Ctx {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if Instant::now() >= deadline {
-                return Err(match denied {
-                    Some(e) => e.into(),
-                    None => Refusal::NoBind {
-                        pid: gen.pid,
-                        ports: self.opts.ports.clone(),
-                        within: self.opts.ready_timeout,
-                    },
-                });
+            if !late {
+                return Ok(None);
             }
-            tokio::time::sleep(START_POLL).await;
-        }
+            Err(match denied {
+                Some(e) => e.into(),
+                None => Refusal::NoBind {
+                    pid: gen.pid,
+                    ports: ctx.opts.ports.clone(),
+                    within: ctx.opts.ready_timeout,
+                },
+            })
+        })
+        .await
     }
 
     /// Step 3: checks `gen` until it passes, exits, or the ready timeout.
@@ -325,37 +347,37 @@ impl Ctx {
         // To the member that offered the gate only: SIGUSR2 would end a
         // launcher shell.
         gen.signal_member(by, libc::SIGUSR2);
-        let deadline = Instant::now() + self.opts.ready_timeout;
+        let end = Instant::now() + self.opts.ready_timeout;
         let mut ready = false;
-        loop {
+        self.poll(end, POLL, |ctx, late| {
             if let Some(status) = gen.exited() {
                 return Err(Refusal::Exited {
                     pid: gen.pid,
                     status: format!("{status}, while joining"),
                 });
             }
-            while let Ok((pid, note)) = self.notify.notes.try_recv() {
+            while let Ok((pid, note)) = ctx.notify.notes.try_recv() {
                 ready |= gen.has(pid) && note == Note::Ready;
             }
             // READY=1 comes after its last listen(): only then are its
             // listeners worth looking for.
-            let late = Instant::now() >= deadline;
             if ready || late {
-                let mine = self.its_listeners(gen)?;
-                if ready && !mine.is_empty() && self.missing_ports(gen)?.is_empty() {
+                let mine = ctx.its_listeners(gen)?;
+                if ready && !mine.is_empty() && ctx.missing_ports(gen)?.is_empty() {
                     gen.listeners = mine;
-                    return Ok(());
+                    return Ok(Some(()));
                 }
                 gen.listeners = mine;
             }
-            if late {
-                return Err(Refusal::NoJoin {
+            match late {
+                true => Err(Refusal::NoJoin {
                     pid: gen.pid,
-                    within: self.opts.ready_timeout,
-                });
+                    within: ctx.opts.ready_timeout,
+                }),
+                false => Ok(None),
             }
-            tokio::time::sleep(POLL).await;
-        }
+        })
+        .await
     }
 
     /// Waits (until `end`) for no handshake to our port to be half done.
@@ -366,12 +388,13 @@ impl Ctx {
         // the ifb queues, all at once.
         let mut drained: Vec<bool> = Vec::new();
         let mut ifb_drained = false;
-        loop {
+        let ports = self.opts.ports.clone();
+        self.poll(end, POLL, |ctx, late| {
             let now = Instant::now();
             // In this order: see the comment on SETTLE_SEEN.
-            let backlogs = self.kernel.backlogs()?;
-            let ifb = self.kernel.ifb_queued()?;
-            let open = self.kernel.half_open(&self.opts.ports)?;
+            let backlogs = ctx.kernel.backlogs()?;
+            let ifb = ctx.kernel.ifb_queued()?;
+            let open = ctx.kernel.half_open(&ports)?;
             ifb_drained |= ifb.is_none_or(|n| n == 0);
             let seen = match backlogs {
                 Some(b) => {
@@ -396,18 +419,18 @@ impl Ctx {
                 }
             };
             if open == 0 && now.duration_since(since) >= settle {
-                return Ok(());
+                return Ok(Some(()));
             }
-            if now >= end {
+            if late {
                 log(&format!(
-                    "warning: {open} handshake(s) to ports {:?} not settled after {}; closing anyway (hold limit)",
-                    self.opts.ports,
+                    "warning: {open} handshake(s) to ports {ports:?} not settled after {}; closing anyway (hold limit)",
                     ms(start.elapsed())
                 ));
-                return Ok(());
+                return Ok(Some(()));
             }
-            tokio::time::sleep(POLL).await;
-        }
+            Ok(None)
+        })
+        .await
     }
 
     /// Waits (until `end`) until `gen`'s listeners have nothing in their
@@ -416,22 +439,18 @@ impl Ctx {
     /// does not take its queue before closing (nginx, HAProxy: only ours
     /// does) would otherwise reset every connection waiting there.
     async fn wait_accept_queue(&mut self, gen: &Generation, end: Instant) -> Result<(), Error> {
-        loop {
-            let queued = self
-                .kernel
-                .accept_queued(&self.opts.ports, &gen.listeners)?;
-            if queued == 0 {
-                return Ok(());
-            }
-            if Instant::now() >= end {
+        let ports = self.opts.ports.clone();
+        self.poll(end, POLL, |ctx, late| {
+            let queued = ctx.kernel.accept_queued(&ports, &gen.listeners)?;
+            if queued > 0 && late {
                 log(&format!(
                     "warning: PID {} left {queued} connection(s) in its accept queue until the hold limit; closing anyway (the kernel resets them unless tcp_migrate_req=1)",
                     gen.pid
                 ));
-                return Ok(());
             }
-            tokio::time::sleep(POLL).await;
-        }
+            Ok((queued == 0 || late).then_some(()))
+        })
+        .await
     }
 
     /// Before a SIGKILL: waits (until `end`) until `gen` has no connection
@@ -439,41 +458,35 @@ impl Ctx {
     /// no request. New ones are held meanwhile. Returns how many it still
     /// had at `end`: the ones the kill cuts.
     async fn wait_idle(&mut self, gen: &Generation, end: Instant) -> Result<usize, Error> {
-        loop {
-            let est = self.kernel.established(&self.opts.ports)?;
+        let ports = self.opts.ports.clone();
+        self.poll(end, POLL, |ctx, late| {
+            let est = ctx.kernel.established(&ports)?;
             let own = gen.sockets().map_err(|source| Error::Proc {
                 pid: gen.pid,
                 source,
             })?;
             let open = est.iter().filter(|i| **i == 0 || own.contains(i)).count();
-            if open == 0 || Instant::now() >= end {
-                return Ok(open);
-            }
-            tokio::time::sleep(POLL).await;
-        }
+            Ok((open == 0 || late).then_some(open))
+        })
+        .await
     }
 
     /// Waits until none of `gen`'s listeners is in the group (or it
     /// exited), until `end`. Returns whether they left.
     async fn wait_left(&mut self, gen: &mut Generation, end: Instant) -> Result<bool, Error> {
-        loop {
-            if gen.exited().is_some() {
-                return Ok(true);
+        self.poll(end, POLL, |ctx, late| {
+            if gen.exited().is_some() || gen.listeners.is_disjoint(&ctx.listening()?) {
+                return Ok(Some(true));
             }
-            if gen.listeners.is_disjoint(&self.listening()?) {
-                return Ok(true);
-            }
-            if Instant::now() >= end {
-                return Ok(false);
-            }
-            tokio::time::sleep(POLL).await;
-        }
+            Ok(late.then_some(false))
+        })
+        .await
     }
 
     /// Step 4: takes `gen` out of the group with `signal`, holding new
     /// connections for that instant only (and never past the hold limit).
     async fn close(&mut self, gen: &mut Generation, signal: i32) -> Result<Closed, Error> {
-        if self.swap.shares_listeners() {
+        if self.swap.at_close() == AtClose::Shared {
             // The sockets stay open in the other generations: the group does
             // not change, nothing to hold or wait for.
             gen.signal(signal);
@@ -511,7 +524,7 @@ impl Ctx {
         }
         // Held with tcp_migrate_req=1 too: measured, the kernel's migration
         // alone is not lossless under load (7 of 560,326 in the soak).
-        let hold = self.swap.protects();
+        let hold = self.swap.at_close() == AtClose::Hold;
         let end = Instant::now()
             + if hold {
                 self.opts.hold_limit
@@ -965,8 +978,8 @@ mod tests {
         fn name(&self) -> &'static str {
             "fake"
         }
-        fn protects(&self) -> bool {
-            true
+        fn at_close(&self) -> AtClose {
+            AtClose::Hold
         }
         fn hold(&mut self) -> Result<(), qdisc::Error> {
             let mut w = self.0.lock().unwrap();

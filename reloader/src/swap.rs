@@ -1,22 +1,29 @@
 //! How new connections are protected while the SO_REUSEPORT group changes.
-//! The supervisor calls `hold` just before a listener leaves the group and
-//! `release` right after the kernel shows it left (or at the hold limit). A strategy is one value behind this trait; socket handoff and
-//! `tcp_migrate_req` strategies fit the same place.
+//! A strategy says what it does when a generation closes (`AtClose`); one
+//! that holds is called `hold` just before a listener leaves the group and
+//! `release` right after the kernel shows it left (or at the hold limit).
 
 use std::time::Duration;
 
 use qdisc::Plug;
 
+/// What a strategy does when a generation closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtClose {
+    /// New connections wait (`hold`/`release`) while the listener leaves;
+    /// half-open handshakes are waited out.
+    Hold,
+    /// Nothing: the listener leaves unprotected (none; migrate, whose
+    /// kernel hands the leftovers on).
+    Nothing,
+    /// Every generation has the same sockets (handoff): the group never
+    /// changes, so a close has nothing to wait for.
+    Shared,
+}
+
 pub trait Swap {
     fn name(&self) -> &'static str;
-    /// Whether `hold` really holds (the supervisor waits out half-open
-    /// handshakes only then).
-    fn protects(&self) -> bool;
-    /// Whether every generation shares the same listening sockets (the
-    /// group never changes; a close needs no wait for listeners to leave).
-    fn shares_listeners(&self) -> bool {
-        false
-    }
+    fn at_close(&self) -> AtClose;
     /// New connections must wait from now on (strategies that hold nothing
     /// keep this default).
     fn hold(&mut self) -> Result<(), qdisc::Error> {
@@ -102,8 +109,8 @@ impl Swap for PlugSwap {
         "plug"
     }
 
-    fn protects(&self) -> bool {
-        true
+    fn at_close(&self) -> AtClose {
+        AtClose::Hold
     }
 
     fn holding(&self) -> bool {
@@ -169,8 +176,8 @@ impl Swap for NoSwap {
         "none"
     }
 
-    fn protects(&self) -> bool {
-        false
+    fn at_close(&self) -> AtClose {
+        AtClose::Nothing
     }
 }
 
@@ -237,8 +244,8 @@ impl Swap for MigrateSwap {
         "migrate"
     }
 
-    fn protects(&self) -> bool {
-        false
+    fn at_close(&self) -> AtClose {
+        AtClose::Nothing
     }
 }
 
@@ -263,11 +270,7 @@ impl Swap for HandoffSwap {
         "handoff"
     }
 
-    fn protects(&self) -> bool {
-        false
-    }
-
-    fn shares_listeners(&self) -> bool {
-        true
+    fn at_close(&self) -> AtClose {
+        AtClose::Shared
     }
 }

@@ -358,3 +358,57 @@ fn finding_8_no_capability_kept_when_the_strategy_needs_none() {
         }
     });
 }
+
+#[test]
+fn finding_7_tcp_migrate_req_is_restored_after_sigkill() {
+    let Some(server) = Some(bin("reuse-server")).filter(|p| p.is_file()) else {
+        return testkit::skip("reuse-server not built: run `cargo test --workspace`");
+    };
+    if !is_root() {
+        return testkit::skip("finding 7: needs root (to set the sysctl)");
+    }
+    in_netns("finding 7, SIGKILL", move || {
+        let sysctl = "/proc/sys/net/ipv4/tcp_migrate_req";
+        let Ok(before) = std::fs::read_to_string(sysctl) else {
+            return testkit::skip("this kernel has no tcp_migrate_req (before 5.14)");
+        };
+        assert_eq!(before.trim(), "0", "a fresh namespace starts at 0");
+        let ctl = format!("/tmp/privilege-f7-{}.sock", std::process::id());
+        let mut r = Proc::spawn(
+            Command::new(RELOADER)
+                .args(["run", "--strategy", "migrate", "--control", &ctl, "--"])
+                .arg(&server),
+        )
+        .unwrap();
+        assert!(
+            r.wait_line("reloader: serving", Duration::from_secs(20))
+                .is_some(),
+            "{:?}",
+            r.log
+        );
+        assert_eq!(std::fs::read_to_string(sysctl).unwrap().trim(), "1");
+        r.signal(libc::SIGKILL);
+        assert!(r.wait_exit(Duration::from_secs(10)).is_some());
+        // The watchdog puts it back when the reloader's end of its pipe closes.
+        assert!(
+            r.wait_line(
+                "watchdog: restored net.ipv4.tcp_migrate_req=0",
+                Duration::from_secs(10)
+            )
+            .is_some(),
+            "{:?}",
+            r.log
+        );
+        assert_eq!(std::fs::read_to_string(sysctl).unwrap().trim(), "0");
+        // The server it left is ours to end, by PID.
+        for line in r.drain_log() {
+            if let Some(pid) = line
+                .strip_prefix("reloader: generation 1: started PID ")
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) on the server this test's reloader started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    });
+}

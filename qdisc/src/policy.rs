@@ -601,8 +601,13 @@ mod tests {
 
     #[test]
     fn a_file_others_can_write_is_refused() {
-        let dir = std::env::temp_dir().join(format!("policy-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        // A fresh directory of ours, mode 0700, made exclusively (nobody
+        // can have planted it).
+        let tmp = tempfile::Builder::new()
+            .prefix("policy-test-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_owned();
         let file = dir.join("policy.toml");
         std::fs::write(&file, ALICE).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -618,6 +623,5 @@ mod tests {
         assert!(Policy::load_from(&dir.join("absent.toml"))
             .unwrap()
             .is_none());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -185,12 +185,13 @@ mod tests {
 
     /// A control socket served from a runtime on its own thread.
     fn served() -> (PathBuf, std::sync::mpsc::Receiver<()>) {
-        let dir = std::env::temp_dir().join(format!(
-            "reloader-control-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        // A fresh directory of ours (mode 0700, made exclusively), kept for
+        // the socket's lifetime.
+        let dir = tempfile::Builder::new()
+            .prefix("reloader-control-")
+            .tempdir()
+            .unwrap()
+            .keep();
         let path = dir.join("ctl.sock");
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (asked_tx, asked_rx) = std::sync::mpsc::channel();

@@ -155,13 +155,16 @@ mod tests {
     /// The PID comes from the kernel, not from MAINPID=.
     #[tokio::test]
     async fn the_sender_pid_comes_from_the_kernel() {
-        let path = std::env::temp_dir().join(format!("notify-test-{}.sock", std::process::id()));
+        let dir = tempfile::Builder::new()
+            .prefix("notify-test-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("notify.sock");
         let mut n = Notify::bind(&path, |_, _| {}).unwrap();
         let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
         s.send_to(b"READY=1\nMAINPID=1\n", &path).unwrap();
         let (pid, note) = n.notes.recv().await.unwrap();
         assert_eq!(note, Note::Ready);
         assert_eq!(pid, std::process::id());
-        let _ = std::fs::remove_file(&path);
     }
 }

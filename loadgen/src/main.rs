@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -77,6 +79,10 @@ struct RunArgs {
     /// Past -n, go on until a request failed, at most -d SECS.
     #[arg(long, requires = "duration")]
     until_failure: bool,
+    /// Stop starting requests once FILE exists (a script's event: the load
+    /// spans it, however fast the machine), at most -d SECS.
+    #[arg(long, value_name = "FILE", requires = "duration")]
+    until_exists: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -173,6 +179,16 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     opts.until_failure = args.until_failure;
     opts.progress = args.progress;
     opts.record = args.tsv.is_some();
+    if let Some(file) = args.until_exists {
+        let live = Arc::new(loadgen::Live::default());
+        opts.live = Some(live.clone());
+        std::thread::spawn(move || {
+            while !file.exists() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            live.stop.store(true, Ordering::Relaxed);
+        });
+    }
     let r = loadgen::run(&opts);
     // One line however many servers answered: their count, and the one
     // that answered most.

@@ -14,6 +14,8 @@ pub enum Error {
     Diag(#[from] DiagError),
     #[error(transparent)]
     Plug(#[from] qdisc::Error),
+    #[error(transparent)]
+    Steer(#[from] crate::steer::Error),
     #[error("reading /proc/{pid}/fd: {source}")]
     Proc {
         pid: u32,

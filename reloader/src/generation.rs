@@ -300,6 +300,36 @@ impl Generation {
         Ok(all)
     }
 
+    /// Where its processes hold each of `inodes`: one (PID, fd) per socket
+    /// (the first member found holding it), for `pidfd_getfd`.
+    pub fn fds_of(&self, inodes: &BTreeSet<u32>) -> std::io::Result<Vec<(u32, i32)>> {
+        let mut pids = vec![self.pid];
+        if let Proc::Child(_) = self.proc {
+            pids.extend(
+                group_members(self.pid)
+                    .into_iter()
+                    .filter(|p| *p != self.pid),
+            );
+        }
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for pid in pids {
+            let fds = match crate::privs::inspecting(|| read_socket_fds(pid)) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && pid != self.pid => {
+                    continue; // see `sockets`
+                }
+                Err(e) => return Err(e),
+            };
+            for (fd, inode) in fds {
+                if inodes.contains(&inode) && seen.insert(inode) {
+                    out.push((pid, fd));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Sends `sig` to the one member `pid` (the leader, or a live member of
     /// a child's group), not the whole generation.
     pub fn signal_member(&mut self, pid: u32, sig: i32) {
@@ -409,24 +439,30 @@ pub fn owned_sockets(pid: u32) -> std::io::Result<BTreeSet<u32>> {
 }
 
 fn read_sockets(pid: u32) -> std::io::Result<BTreeSet<u32>> {
+    Ok(read_socket_fds(pid)?.into_iter().map(|(_, i)| i).collect())
+}
+
+/// `pid`'s open sockets: (fd, inode).
+fn read_socket_fds(pid: u32) -> std::io::Result<Vec<(i32, u32)>> {
     let dir = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
         Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let mut out = BTreeSet::new();
+    let mut out = Vec::new();
     for entry in dir.flatten() {
         // An fd closed while we read is simply gone.
         let Ok(target) = std::fs::read_link(entry.path()) else {
             continue;
         };
         let t = target.to_string_lossy();
-        if let Some(n) = t
+        let inode = t
             .strip_prefix("socket:[")
             .and_then(|r| r.strip_suffix(']'))
-            .and_then(|n| n.parse().ok())
-        {
-            out.insert(n);
+            .and_then(|n| n.parse().ok());
+        let fd = entry.file_name().to_str().and_then(|f| f.parse().ok());
+        if let (Some(fd), Some(inode)) = (fd, inode) {
+            out.push((fd, inode));
         }
     }
     Ok(out)

@@ -5,7 +5,7 @@
 //! answer 2xx, and when the response names its server (`x-server-pid`),
 //! that must be the new one: with SO_REUSEPORT the old server may answer.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,6 +62,7 @@ impl Check {
         is_new: &dyn Fn(u32) -> bool,
         at: Option<SocketAddr>,
         timeout: Duration,
+        probe: &mut dyn FnMut(SocketAddr) -> Result<(), String>,
     ) -> Result<(), Failed> {
         let (addr, path) = match self {
             Check::Pid(a) => (*a, "/"),
@@ -74,7 +75,7 @@ impl Check {
             by_new: false,
             text,
         };
-        let (status, pid_header, body) = tokio::time::timeout(timeout, get(addr, path))
+        let (status, pid_header, body) = tokio::time::timeout(timeout, get(addr, path, probe))
             .await
             .map_err(|_| {
                 other(format!(
@@ -115,32 +116,40 @@ pub struct Failed {
     pub text: String,
 }
 
-/// The source address health checks connect from: for an IPv4 loopback
-/// target, another loopback address (127.0.0.2), so a plug that holds SYNs
-/// from 127.0.0.1 (the default) does not hold the check itself.
-fn check_source(target: SocketAddr) -> Option<SocketAddr> {
-    match target.ip() {
-        IpAddr::V4(ip) if ip.is_loopback() => {
-            let src = if ip == Ipv4Addr::new(127, 0, 0, 2) {
+/// The source address health checks connect from, known before the
+/// connect (the steer strategy sends that one connection to the new
+/// generation): for an IPv4 loopback or unspecified target, another
+/// loopback address (127.0.0.2), so a plug that holds SYNs from 127.0.0.1
+/// (the default) does not hold the check itself; IPv6's loopback for its
+/// loopback or unspecified target; otherwise the target's own (local)
+/// address.
+fn check_source(target: SocketAddr) -> SocketAddr {
+    let ip = match target.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() || ip.is_unspecified() => {
+            IpAddr::V4(if ip == Ipv4Addr::new(127, 0, 0, 2) {
                 Ipv4Addr::new(127, 0, 0, 3)
             } else {
                 Ipv4Addr::new(127, 0, 0, 2)
-            };
-            Some(SocketAddr::new(IpAddr::V4(src), 0))
+            })
         }
-        _ => None,
-    }
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, 0)
 }
 
-async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Option<u32>, String)> {
-    let mut s = match check_source(addr) {
-        Some(src) => {
-            let sock = TcpSocket::new_v4()?;
-            sock.bind(src)?;
-            sock.connect(addr).await?
-        }
-        None => TcpStream::connect(addr).await?,
+async fn get(
+    addr: SocketAddr,
+    path: &str,
+    probe: &mut dyn FnMut(SocketAddr) -> Result<(), String>,
+) -> std::io::Result<(u16, Option<u32>, String)> {
+    let sock = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
+    sock.bind(check_source(addr))?;
+    probe(sock.local_addr()?).map_err(std::io::Error::other)?;
+    let mut s: TcpStream = sock.connect(addr).await?;
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )

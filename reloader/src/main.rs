@@ -16,6 +16,7 @@ mod privs;
 mod report;
 mod service;
 mod softnet;
+mod steer;
 mod supervisor;
 mod swap;
 
@@ -165,6 +166,9 @@ enum Strategy {
     Plug,
     Migrate,
     Handoff,
+    /// A BPF program on each served SO_REUSEPORT group picks each new
+    /// connection's generation: nothing held (Linux 5.14+, CAP_BPF).
+    Steer,
     None,
 }
 
@@ -198,6 +202,10 @@ fn why_strategy(args: &RunArgs, handoff: Option<&handoff::Handoff>) -> String {
             "strategy handoff (kernel {kernel}): the reloader listens on {} and gives every generation these sockets (LISTEN_FDS, LISTEN_FDNAMES={}); nothing is held, no CAP_NET_ADMIN",
             handoff.map(|h| h.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
             handoff.map(|h| h.names()).unwrap_or_default(),
+        ),
+        Strategy::Steer => format!(
+            "strategy steer (kernel {kernel}, program loaded on {} group(s)): each new connection goes to the generation chosen, by a BPF program on the SO_REUSEPORT group; a closing listener's leftovers migrate to it; nothing is held",
+            args.addr.len()
         ),
         Strategy::None => format!(
             "strategy none (kernel {kernel}): no protection; for comparison only"
@@ -325,6 +333,18 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // Loaded with the capabilities we start with; the maps are then
+            // written through their fds, which needs none.
+            let steer = match args.strategy {
+                Strategy::Steer => match steer::Steer::load(&args.addr) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        eprintln!("reloader: error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                _ => None,
+            };
             // Capability sets are per thread: restrict before the runtime exists.
             let restricted = match args.strategy {
                 Strategy::Plug => privs::restrict_to(
@@ -350,7 +370,9 @@ fn main() -> ExitCode {
                         &args.server_caps,
                     )
                 }
-                Strategy::Handoff | Strategy::None => privs::drop_all(&args.server_caps),
+                Strategy::Handoff | Strategy::Steer | Strategy::None => {
+                    privs::drop_all(&args.server_caps)
+                }
             };
             if let Err(e) = restricted {
                 eprintln!("reloader: error: {e}");
@@ -361,7 +383,7 @@ fn main() -> ExitCode {
                 .build();
             match rt
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(run(*args, watchdog)))
+                .and_then(|rt| rt.block_on(run(*args, watchdog, steer)))
             {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -410,7 +432,7 @@ fn authorize(args: &RunArgs) -> Result<(), String> {
             Ok(false) => policy::authorize_migrate().map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         },
-        Strategy::Handoff | Strategy::None => Ok(()),
+        Strategy::Handoff | Strategy::Steer | Strategy::None => Ok(()),
     }
 }
 
@@ -421,7 +443,7 @@ fn needs_watchdog(args: &RunArgs) -> Result<bool, String> {
         Strategy::Migrate => swap::MigrateSwap::already_on()
             .map(|on| !on)
             .map_err(|e| e.to_string()),
-        Strategy::Handoff | Strategy::None => Ok(false),
+        Strategy::Handoff | Strategy::Steer | Strategy::None => Ok(false),
     }
 }
 
@@ -654,7 +676,11 @@ fn handoff_sockets(addrs: &[SocketAddr]) -> anyhow::Result<handoff::Handoff> {
     }
 }
 
-async fn run(args: RunArgs, watchdog: Option<qdisc::watchdog::Watchdog>) -> anyhow::Result<()> {
+async fn run(
+    args: RunArgs,
+    watchdog: Option<qdisc::watchdog::Watchdog>,
+    steer: Option<steer::Steer>,
+) -> anyhow::Result<()> {
     // A generation's processes whose parent exits (a launcher's child, a
     // daemon's fork) are reparented to us, not to init: they stay ours to
     // track, stop and reap (see `generation`).
@@ -686,6 +712,7 @@ async fn run(args: RunArgs, watchdog: Option<qdisc::watchdog::Watchdog>) -> anyh
         }
         Strategy::Migrate => Box::new(swap::MigrateSwap::enable(watchdog)?),
         Strategy::Handoff => Box::new(swap::HandoffSwap),
+        Strategy::Steer => Box::new(swap::SteerSwap(steer.expect("loaded in main"))),
         Strategy::None => Box::new(NoSwap),
     };
     let handoff = match args.strategy {

@@ -280,7 +280,12 @@ impl Ctx {
             // is the answer.
             let denied = match ctx.its_listeners(gen) {
                 Ok(mine) if !mine.is_empty() && ctx.missing_ports(gen)?.is_empty() => {
-                    gen.listeners = mine;
+                    // Asked again: sock_diag dumps IPv4 and IPv6 one after
+                    // the other, so `mine` may lack a listener that was
+                    // made between the two (seen: a v4 listener missing,
+                    // its v6 one found); every port is known to have one
+                    // now, and a listener does not leave by itself.
+                    gen.listeners = ctx.its_listeners(gen)?;
                     return Ok(Some(Started::Joined));
                 }
                 Ok(_) => None,
@@ -321,7 +326,16 @@ impl Ctx {
             let left = deadline.saturating_duration_since(Instant::now());
             let try_for = left.clamp(Duration::from_millis(10), Duration::from_secs(1));
             let is_new = |p: u32| gen.has(p);
-            match self.opts.check.once(gen.pid, &is_new, at, try_for).await {
+            let Ctx { opts, swap, .. } = self;
+            let mut probe = |src| swap.probe(Some(src)).map_err(|e| e.to_string());
+            let once = opts
+                .check
+                .once(gen.pid, &is_new, at, try_for, &mut probe)
+                .await;
+            if at.is_none() {
+                self.swap.probe(None)?;
+            }
+            match once {
                 Ok(()) => return Ok(()),
                 Err(f) if f.by_new => telling = Some(f.text),
                 Err(f) if telling.is_none() && Instant::now() >= deadline => telling = Some(f.text),
@@ -364,7 +378,8 @@ impl Ctx {
             if ready || late {
                 let mine = ctx.its_listeners(gen)?;
                 if ready && !mine.is_empty() && ctx.missing_ports(gen)?.is_empty() {
-                    gen.listeners = mine;
+                    // Asked again, as in `wait_started`.
+                    gen.listeners = ctx.its_listeners(gen)?;
                     return Ok(Some(()));
                 }
                 gen.listeners = mine;
@@ -533,6 +548,10 @@ impl Ctx {
             };
         let mut held_at = Instant::now();
         let mut cut = 0;
+        if self.swap.at_close() == AtClose::Steered {
+            // It gets nothing new: what its accept queue has is served first.
+            self.wait_accept_queue(gen, end).await?;
+        }
         if hold {
             self.swap.hold()?;
             held_at = Instant::now();
@@ -577,6 +596,12 @@ impl Supervisor {
         // Generations a killed reloader left serving: adopted now, retired
         // with the same protocol once ours serves, so exactly one remains.
         let orphans = Self::adopt_orphans(&found)?;
+        let mut swap = swap;
+        if !orphans.is_empty() {
+            // Steering: they keep every new connection until ours is healthy.
+            swap.admit(&orphans.iter().collect::<Vec<_>>())?;
+            swap.cut_over()?;
+        }
         let first = spawn
             .spawn(1, &notify.path, opts.handoff.as_ref())
             .map_err(|source| Error::Spawn {
@@ -601,7 +626,11 @@ impl Supervisor {
             cut_by_sigkill: 0,
         };
         let t = Instant::now();
-        match Self::bring_up(&mut sup.ctx, &mut sup.current).await {
+        let up = match Self::bring_up(&mut sup.ctx, &mut sup.current).await {
+            Ok(how) => sup.ctx.swap.cut_over().map(|_| how).map_err(Refusal::from),
+            Err(e) => Err(e),
+        };
+        match up {
             Ok(how) => {
                 log(&format!(
                     "generation 1: PID {} healthy after {} ({how}, listeners {:?})",
@@ -680,9 +709,11 @@ impl Supervisor {
                 ctx.check(gen, Some(addr)).await?;
                 ctx.join(gen, by).await?;
                 ctx.refuse_own_listeners(gen)?;
+                ctx.swap.admit(&[gen])?;
                 Ok("checked on its gate, then joined")
             }
             Started::Joined => {
+                ctx.swap.admit(&[gen])?;
                 ctx.check(gen, None).await?;
                 ctx.refuse_own_listeners(gen)?;
                 Ok("joined, then checked on the port")
@@ -719,14 +750,19 @@ impl Supervisor {
             .flat_map(|g| g.listeners.iter().copied())
             .collect();
         let new = self.pending.insert(spawned);
-        let up = Self::bring_up(&mut self.ctx, new).await;
+        let up = match Self::bring_up(&mut self.ctx, new).await {
+            Ok(_) => self.ctx.swap.cut_over().map_err(Refusal::from),
+            Err(why) => Err(why),
+        };
         let t_up = t0.elapsed();
         if let Err(why) = up {
             let mut new = self.pending.take().expect("pending generation");
             let pid = new.pid;
+            let dismissed = self.ctx.swap.dismiss();
             let stop = self.ctx.opts.stop_signal;
             let closed = self.ctx.close(&mut new, stop).await;
             self.retire(new, closed.as_ref().ok());
+            dismissed.map_err(failed)?;
             let held = closed.map_err(failed)?.held;
             return Err(ReloadError::RolledBack {
                 number,

@@ -3,9 +3,13 @@
 //! that holds is called `hold` just before a listener leaves the group and
 //! `release` right after the kernel shows it left (or at the hold limit).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use qdisc::Plug;
+
+use crate::error::Error;
+use crate::generation::Generation;
 
 /// What a strategy does when a generation closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +23,9 @@ pub enum AtClose {
     /// Every generation has the same sockets (handoff): the group never
     /// changes, so a close has nothing to wait for.
     Shared,
+    /// The closing generation gets no new connection already (`cut_over`):
+    /// its accept queue is waited out, the kernel migrates the rest.
+    Steered,
 }
 
 pub trait Swap {
@@ -41,6 +48,62 @@ pub trait Swap {
     /// Best effort release for error and exit paths; never fails.
     fn release_quietly(&mut self) {
         let _ = self.release();
+    }
+    /// Steering strategies: `gens` are in the group now, and must get no
+    /// client but the check's until `cut_over`.
+    fn admit(&mut self, _gens: &[&Generation]) -> Result<(), Error> {
+        Ok(())
+    }
+    /// The check connects from `src` (`None`: it ended): to the admitted.
+    fn probe(&mut self, _src: Option<SocketAddr>) -> Result<(), Error> {
+        Ok(())
+    }
+    /// The admitted generation gets every new connection from now on.
+    fn cut_over(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+    /// The admitted generation was refused: it gets nothing.
+    fn dismiss(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// `--strategy steer` (see `steer`): nothing is held.
+pub struct SteerSwap(pub crate::steer::Steer);
+
+impl Drop for SteerSwap {
+    fn drop(&mut self) {
+        match self.0.counts() {
+            Ok((chosen, migrated, kernel)) => tracing::info!(
+                event = "steer_counts",
+                chosen,
+                migrated,
+                kernel,
+                "steer: {chosen} connection(s) sent to the chosen generation, {migrated} migrated from a closing listener, {kernel} left to the kernel's choice (no listener in either slot)"
+            ),
+            Err(e) => tracing::warn!("steer: cannot read the program's counters: {e}"),
+        }
+    }
+}
+
+impl Swap for SteerSwap {
+    fn name(&self) -> &'static str {
+        "steer"
+    }
+    fn at_close(&self) -> AtClose {
+        AtClose::Steered
+    }
+    fn admit(&mut self, gens: &[&Generation]) -> Result<(), Error> {
+        Ok(self.0.admit(gens)?)
+    }
+    fn probe(&mut self, src: Option<SocketAddr>) -> Result<(), Error> {
+        Ok(self.0.probe(src)?)
+    }
+    fn cut_over(&mut self) -> Result<(), Error> {
+        Ok(self.0.cut_over()?)
+    }
+    fn dismiss(&mut self) -> Result<(), Error> {
+        Ok(self.0.dismiss()?)
     }
 }
 

@@ -362,6 +362,14 @@ fn guest_three_services_side_by_side_zero_failures() {
     scenario_with("services", &["500"], Duration::from_secs(600));
 }
 
+/// `--strategy steer` (issue #22): a server without the gate reloaded
+/// every 100 ms, local and remote clients, IPv4 and IPv6, c=1 and c=32:
+/// 0 failed and nothing held (the BPF program on each group chooses).
+#[test]
+fn guest_steer_local_remote_ipv4_ipv6_zero_failures_nothing_held() {
+    scenario_with("steer", &["1000"], Duration::from_secs(600));
+}
+
 /// Issue #20's eight findings, each refused or made harmless (see the
 /// scenario's steps), and an allowed user's reloads lose nothing.
 #[test]

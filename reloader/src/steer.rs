@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use aya::maps::{Array, MapData, ReusePortSockArray};
 use aya::programs::SkReuseport;
@@ -204,21 +205,9 @@ impl Steer {
                     n: socks.len(),
                 });
             }
-            let standby = 1 - g.now.active;
-            for k in 0..PER_SLOT {
-                // Most are empty already (ENOENT): nothing to clear.
-                let _ = g.socks.clear_index(&(standby * PER_SLOT + k));
-            }
-            for (k, s) in socks.iter().enumerate() {
-                g.socks
-                    .set(standby * PER_SLOT + k as u32, s, 0)
-                    .map_err(|source| Error::Map {
-                        name: "socks",
-                        source,
-                    })?;
-            }
-            g.now.count[standby as usize] = socks.len() as u32;
-            g.write()?;
+            // Attached first: a predecessor's program (a reloader killed
+            // with SIGKILL) is replaced now, and its map, which still
+            // holds these sockets, is freed soon after.
             let prog: &SkReuseport = g
                 .ebpf
                 .program("steer")
@@ -230,6 +219,16 @@ impl Steer {
                     addr: g.addr,
                     source,
                 })?;
+            let standby = 1 - g.now.active;
+            for k in 0..PER_SLOT {
+                // Most are empty already (ENOENT): nothing to clear.
+                let _ = g.socks.clear_index(&(standby * PER_SLOT + k));
+            }
+            for (k, s) in socks.iter().enumerate() {
+                g.set(standby * PER_SLOT + k as u32, s)?;
+            }
+            g.now.count[standby as usize] = socks.len() as u32;
+            g.write()?;
         }
         Ok(())
     }
@@ -301,7 +300,32 @@ impl Steer {
     }
 }
 
+/// How long a predecessor's map may keep our sockets (`EBUSY`) after its
+/// program was replaced: the kernel frees it from a work queue.
+const BUSY_FOR: Duration = Duration::from_secs(2);
+
 impl Group {
+    /// `socks[index] = sock`, waiting out a predecessor's map.
+    fn set(&mut self, index: u32, sock: &OwnedFd) -> Result<(), Error> {
+        let end = Instant::now() + BUSY_FOR;
+        loop {
+            match self.socks.set(index, sock, 0) {
+                Ok(()) => return Ok(()),
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EBUSY) && Instant::now() < end =>
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(source) => {
+                    return Err(Error::Map {
+                        name: "socks",
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
     fn write(&mut self) -> Result<(), Error> {
         self.conf.set(0, self.now, 0).map_err(|source| Error::Map {
             name: "conf",

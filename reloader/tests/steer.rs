@@ -198,3 +198,81 @@ fn steer_sends_a_new_server_that_answers_503_no_client() {
         none.ok
     );
 }
+
+/// Listening sockets on `port` in this thread's network namespace.
+fn listeners_on(port: u16) -> usize {
+    let want = format!(":{port:04X} ");
+    ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .skip(1)
+                .filter(|l| {
+                    let cols: Vec<_> = l.split_whitespace().collect();
+                    cols.len() > 3 && format!("{} ", cols[1]).ends_with(&want) && cols[3] == "0A"
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// The reloader killed with SIGKILL in each phase of a reload (a new
+/// server listening but not chosen yet; the old one draining), and once
+/// between reloads: the program left on the group keeps choosing, and the
+/// next `reloader run` takes the orphans over: no request fails, and one
+/// generation serves at the end.
+#[test]
+fn steer_survives_sigkill_of_the_reloader_in_every_phase() {
+    let Some(server) = server() else {
+        return testkit::skip("reuse-server not built: run `cargo test --workspace`");
+    };
+    in_netns("steer sigkill", move || {
+        let script = format!(
+            "exec env -u RELOADER_GATE {} --listen 127.0.0.1:7000",
+            server.display()
+        );
+        let live = Arc::new(loadgen::Live::default());
+        let mut o = loadgen::Options::new("127.0.0.1:7000".parse().unwrap(), 8, usize::MAX);
+        o.live = Some(live.clone());
+        o.duration = Some(Duration::from_secs(120));
+        let (mut r, _) = reloader("steer", &["127.0.0.1:7000"], &["--every", "100ms"], &script);
+        let l = std::thread::spawn(move || loadgen::run(&o));
+        // Each phase begins once the log shows its event; the kill lands
+        // in it (or just after: every kill must lose nothing anyway).
+        for phase in [
+            "]: listening on", // a new generation joined, not chosen yet
+            "]: draining",     // the old one was told to stop
+            ": ok, PID",       // between reloads
+        ] {
+            r.drain_log();
+            assert!(
+                r.wait_line(phase, Duration::from_secs(30)).is_some(),
+                "{phase}: {:?}",
+                r.drain_log()
+            );
+            r.signal(libc::SIGKILL);
+            r.wait_exit(Duration::from_secs(10)).expect("SIGKILLed");
+            let (next, _) = reloader("steer", &["127.0.0.1:7000"], &["--every", "100ms"], &script);
+            r = next;
+            assert!(
+                r.wait_line(": ok, PID", Duration::from_secs(30)).is_some(),
+                "the next reloader reloads: {:?}",
+                r.drain_log()
+            );
+        }
+        // Once more, taken over by a reloader that does not reload: it
+        // serves once the orphans are retired, and alone.
+        r.signal(libc::SIGKILL);
+        r.wait_exit(Duration::from_secs(10)).expect("SIGKILLed");
+        let (r, _) = reloader("steer", &["127.0.0.1:7000"], &[], &script);
+        assert_eq!(listeners_on(7000), 1, "one generation serves");
+        live.stop.store(true, Ordering::Relaxed);
+        let rep = l.join().unwrap();
+        let log = stop(r);
+        assert_eq!(rep.failed(), 0, "{:?} {:?}", rep.failures, rep.examples);
+        assert!(rep.ok > 0);
+        assert_eq!(listeners_on(7000), 0, "none left running: {log:?}");
+    });
+}

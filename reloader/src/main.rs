@@ -110,6 +110,16 @@ struct RunArgs {
     /// SIGKILLed at --drain-timeout, held again for that instant).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     hold_limit: Duration,
+    /// steer only: after its check, the new server gets a share of new
+    /// connections (--canary) for this long beside the old one; if it
+    /// exits or fails a check meanwhile, everything goes back to the old
+    /// one and the new one is retired; otherwise it takes over.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    probation: Option<Duration>,
+    /// The new server's share of new connections during --probation, in
+    /// percent (default 10).
+    #[arg(long, value_name = "PERCENT", requires = "probation", value_parser = clap::value_parser!(u32).range(1..=100))]
+    canary: Option<u32>,
     /// Reload continuously, waiting this long after each reload ends before
     /// the next (like the seed's `bin/reload` loop: reload, sleep 0.1).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -310,6 +320,10 @@ fn main() -> ExitCode {
         }
         Cmd::Run(args) => {
             logging::init(args.log_format);
+            if args.probation.is_some() && args.strategy != Strategy::Steer {
+                eprintln!("reloader: error: --probation needs --strategy steer (only the BPF program can send a share of new connections to the new server)");
+                return ExitCode::from(2);
+            }
             if let Err(e) = authorize(&args) {
                 eprintln!("reloader: error: {e}");
                 return ExitCode::from(2);
@@ -770,6 +784,7 @@ async fn run(
         ready_timeout: args.ready_timeout,
         drain_timeout: args.drain_timeout,
         hold_limit: args.hold_limit,
+        probation: args.probation.map(|d| (d, args.canary.unwrap_or(10) * 100)),
         stop_signal: args.stop_signal,
     };
     let ifbs: Vec<String> = match args.strategy {

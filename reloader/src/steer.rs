@@ -264,9 +264,38 @@ impl Steer {
         for g in &mut self.groups {
             g.now.active = 1 - g.now.active;
             g.now.probe_family = 0;
+            g.now.canary_share = 0;
             g.write()?;
         }
         Ok(())
+    }
+
+    /// The standby slot gets `share` (of 10,000) of new connections, by
+    /// the kernel's hash of each connection's addresses and ports.
+    pub fn canary(&mut self, share: u32) -> Result<(), Error> {
+        for g in &mut self.groups {
+            g.now.canary_slot = 1 - g.now.active;
+            g.now.canary_share = share.min(10_000);
+            g.write()?;
+        }
+        Ok(())
+    }
+
+    /// New connections chosen so far for (the active slot, the standby
+    /// slot), all groups.
+    pub fn shares(&self) -> Result<(u64, u64), Error> {
+        let mut out = (0, 0);
+        for g in &self.groups {
+            let get = |i: u32| {
+                g.counts.get(&i, 0).map_err(|source| Error::Map {
+                    name: "counts",
+                    source,
+                })
+            };
+            out.0 += get(g.now.active)?;
+            out.1 += get(1 - g.now.active)?;
+        }
+        Ok(out)
     }
 
     /// A generation admitted but not cut over (its check failed) leaves the
@@ -276,6 +305,7 @@ impl Steer {
             let standby = 1 - g.now.active;
             g.now.count[standby as usize] = 0;
             g.now.probe_family = 0;
+            g.now.canary_share = 0;
             g.write()?;
         }
         Ok(())

@@ -62,6 +62,9 @@ pub struct Options {
     pub hold_limit: Duration,
     /// What tells a generation to drain and exit (`--stop-signal`).
     pub stop_signal: i32,
+    /// `--probation`: how long a checked new generation gets a share (of
+    /// 10,000) of new connections before it takes over.
+    pub probation: Option<(Duration, u32)>,
 }
 
 /// What the steps share: options, the strategy, the kernel's answers, how
@@ -393,6 +396,68 @@ impl Ctx {
             }
         })
         .await
+    }
+
+    /// `--probation`: `gen` gets `share` (of 10,000) of new connections for
+    /// `d`, and must stay up and pass its check (once a second) throughout.
+    async fn probation(
+        &mut self,
+        gen: &mut Generation,
+        (d, share): (Duration, u32),
+    ) -> Result<(), Refusal> {
+        let before = self.swap.shares()?;
+        self.swap.canary(share)?;
+        log(&format!(
+            "generation {} PID {}: probation for {} with {}% of new connections",
+            gen.number,
+            gen.pid,
+            ms(d),
+            share as f64 / 100.0
+        ));
+        let end = Instant::now() + d;
+        let mut next_check = Instant::now() + Duration::from_secs(1);
+        let outcome = loop {
+            if let Some(status) = gen.exited() {
+                break Err(Refusal::Exited {
+                    pid: gen.pid,
+                    status: format!("{status}, during its probation"),
+                });
+            }
+            let now = Instant::now();
+            if now >= end {
+                break Ok(());
+            }
+            if now >= next_check {
+                next_check = now + Duration::from_secs(1);
+                let is_new = |p: u32| gen.has(p);
+                let Ctx { opts, swap, .. } = self;
+                let mut probe = |src| swap.probe(Some(src)).map_err(|e| e.to_string());
+                let once = opts
+                    .check
+                    .once(gen.pid, &is_new, None, Duration::from_secs(1), &mut probe)
+                    .await;
+                self.swap.probe(None)?;
+                if let Err(f) = once {
+                    break Err(Refusal::Unhealthy {
+                        pid: gen.pid,
+                        within: d,
+                        why: format!("{} (during its probation)", f.text),
+                    });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let after = self.swap.shares()?;
+        let (old, new) = (after.0 - before.0, after.1 - before.1);
+        log(&format!(
+            "generation {} PID {}: probation {}: it got {new} of {} new connections ({:.1}%)",
+            gen.number,
+            gen.pid,
+            if outcome.is_ok() { "passed" } else { "failed" },
+            old + new,
+            100.0 * new as f64 / ((old + new).max(1)) as f64
+        ));
+        outcome
     }
 
     /// Waits (until `end`) for no handshake to our port to be half done.
@@ -751,7 +816,11 @@ impl Supervisor {
             .collect();
         let new = self.pending.insert(spawned);
         let up = match Self::bring_up(&mut self.ctx, new).await {
-            Ok(_) => self.ctx.swap.cut_over().map_err(Refusal::from),
+            Ok(_) => match self.ctx.opts.probation {
+                Some(p) => self.ctx.probation(new, p).await,
+                None => Ok(()),
+            }
+            .and_then(|()| self.ctx.swap.cut_over().map_err(Refusal::from)),
             Err(why) => Err(why),
         };
         let t_up = t0.elapsed();

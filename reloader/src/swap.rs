@@ -66,6 +66,14 @@ pub trait Swap {
     fn dismiss(&mut self) -> Result<(), Error> {
         Ok(())
     }
+    /// The admitted generation gets `share` (of 10,000) of new connections.
+    fn canary(&mut self, _share: u32) -> Result<(), Error> {
+        Ok(())
+    }
+    /// New connections sent so far to (the serving generation, the admitted one).
+    fn shares(&self) -> Result<(u64, u64), Error> {
+        Ok((0, 0))
+    }
 }
 
 /// `--strategy steer` (see `steer`): nothing is held.
@@ -104,6 +112,12 @@ impl Swap for SteerSwap {
     }
     fn dismiss(&mut self) -> Result<(), Error> {
         Ok(self.0.dismiss()?)
+    }
+    fn canary(&mut self, share: u32) -> Result<(), Error> {
+        Ok(self.0.canary(share)?)
+    }
+    fn shares(&self) -> Result<(u64, u64), Error> {
+        Ok(self.0.shares()?)
     }
 }
 

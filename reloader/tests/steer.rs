@@ -276,3 +276,121 @@ fn steer_survives_sigkill_of_the_reloader_in_every_phase() {
         assert_eq!(listeners_on(7000), 0, "none left running: {log:?}");
     });
 }
+
+/// Runs a load until `until` appears in the reloader's log after `from`
+/// did; returns it. The load starts once `from` is logged.
+fn load_between(r: &mut Proc, from: &str, until: &str, c: usize) -> loadgen::Report {
+    assert!(
+        r.wait_line(from, Duration::from_secs(30)).is_some(),
+        "{from}: {:?}",
+        r.drain_log()
+    );
+    let live = Arc::new(loadgen::Live::default());
+    let mut o = loadgen::Options::new("127.0.0.1:7000".parse().unwrap(), c, usize::MAX);
+    o.live = Some(live.clone());
+    o.duration = Some(Duration::from_secs(120));
+    let l = std::thread::spawn(move || loadgen::run(&o));
+    let line = r.wait_line(until, Duration::from_secs(60));
+    live.stop.store(true, Ordering::Relaxed);
+    let rep = l.join().unwrap();
+    assert!(line.is_some(), "{until}: {:?}", r.drain_log());
+    rep
+}
+
+/// `--probation 3s --canary 10`: the new server gets 10 ± 3 % of new
+/// connections over the window, then takes over; one killed (SIGKILL) 1 s
+/// into its probation sends everything back to the old one, which serves on.
+#[test]
+fn steer_probation_gives_the_canary_its_share_then_takes_over_or_rolls_back() {
+    let Some(server) = server() else {
+        return testkit::skip("reuse-server not built: run `cargo test --workspace`");
+    };
+    in_netns("steer probation", move || {
+        let flag = std::env::temp_dir().join(format!("steer-crash-{}", std::process::id()));
+        let _ = std::fs::remove_file(&flag);
+        let srv = format!("env -u RELOADER_GATE {}", server.display());
+        // With the flag, the server is killed 1 s after it starts (its
+        // check passes within that second; the probation lasts 3 s).
+        let script = format!(
+            "if [ -e {f} ]; then {srv} & sleep 1.5; kill -9 $!; exit 1; fi; exec {srv}",
+            f = flag.display()
+        );
+        let (mut r, ctl) = reloader(
+            "steer",
+            &["127.0.0.1:7000"],
+            &["--probation", "3s", "--canary", "10"],
+            &script,
+        );
+        let reload = |ctl: &str| {
+            let ctl = ctl.to_owned();
+            std::thread::spawn(move || {
+                Command::new(RELOADER)
+                    .args(["reload", "--control", &ctl])
+                    .output()
+                    .unwrap()
+            })
+        };
+        let first = r.drain_log().to_vec();
+        let old: u32 = first
+            .iter()
+            .find_map(|l| l.split("generation 1: PID ").nth(1))
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .expect("generation 1's PID");
+
+        // A healthy new server: its share, then it takes over.
+        let t = reload(&ctl);
+        let rep = load_between(&mut r, "probation for", "probation passed", 8);
+        assert!(t.join().unwrap().status.success());
+        assert_eq!(rep.failed(), 0, "{:?} {:?}", rep.failures, rep.examples);
+        let total: usize = rep.pids.values().sum();
+        let new = total - rep.pids.get(&old).copied().unwrap_or(0);
+        let share = 100.0 * new as f64 / total as f64;
+        assert!(
+            (7.0..=13.0).contains(&share),
+            "the canary got {share:.1}% of {total} requests: {:?}",
+            rep.pids
+        );
+        println!("probation: the canary got {share:.1}% of {total} requests");
+        let now = loadgen::get(
+            "127.0.0.1:7000".parse().unwrap(),
+            "/",
+            Duration::from_secs(2),
+        );
+        assert!(
+            matches!(now, loadgen::Outcome::Ok(pid) if pid != old),
+            "the new one serves after its probation: {now:?}"
+        );
+
+        // A new server killed during its probation.
+        std::fs::write(&flag, "").unwrap();
+        let t = reload(&ctl);
+        let rep = load_between(&mut r, "probation for", "probation failed", 8);
+        let out = t.join().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("rolled back"), "{text}");
+        // Only what it had accepted can be lost: at most the load's
+        // concurrency (nothing queued on it is: it migrates).
+        assert!(
+            rep.failed() <= 8,
+            "{} failed: {:?} {:?}",
+            rep.failed(),
+            rep.failures,
+            rep.examples
+        );
+        println!(
+            "crash during probation: {} of {} requests failed ({:?})",
+            rep.failed(),
+            rep.ok + rep.failed(),
+            rep.failures
+        );
+        let _ = std::fs::remove_file(&flag);
+        let after = loadgen::get(
+            "127.0.0.1:7000".parse().unwrap(),
+            "/",
+            Duration::from_secs(2),
+        );
+        assert!(matches!(after, loadgen::Outcome::Ok(_)), "{after:?}");
+        stop(r);
+    });
+}

@@ -1153,6 +1153,7 @@ mod tests {
                     drain_timeout: Duration::from_millis(150),
                     hold_limit: Duration::from_millis(50),
                     stop_signal: libc::SIGTERM,
+                    probation: None,
                 },
                 swap: Box::new(FakeSwap(w.clone())),
                 kernel: Box::new(FakeKernel(w.clone())),

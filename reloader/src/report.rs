@@ -68,6 +68,10 @@ pub struct LastReload {
     pub held_ms: Option<f64>,
     pub held_before_signal_ms: Option<f64>,
     pub total_ms: Option<f64>,
+    /// `--probation`: the new generation's share of new connections over
+    /// it (percent), when it passed.
+    #[serde(default)]
+    pub canary_pct: Option<f64>,
 }
 
 /// A plug as the kernel reports it now (`tc -s qdisc`), and as our record
@@ -237,6 +241,7 @@ impl Report {
             held_ms: r.held.map(ms),
             held_before_signal_ms: r.before_signal.map(ms),
             total_ms: Some(ms(r.total)),
+            canary_pct: r.canary_pct,
         });
     }
 
@@ -267,6 +272,7 @@ impl Report {
             held_ms: held.map(ms),
             held_before_signal_ms: None,
             total_ms: None,
+            canary_pct: None,
         });
     }
 

@@ -133,6 +133,9 @@ pub struct Reloaded {
     pub left: bool,
     pub total: Duration,
     pub strategy: &'static str,
+    /// `--probation`: the share (percent) of new connections the new
+    /// generation got over it, which it passed.
+    pub canary_pct: Option<f64>,
 }
 
 impl std::fmt::Display for Reloaded {
@@ -154,7 +157,11 @@ impl std::fmt::Display for Reloaded {
             },
             ms(self.total),
             self.strategy,
-        )
+        )?;
+        if let Some(p) = self.canary_pct {
+            write!(f, " probation passed with {p:.1}% of new connections")?;
+        }
+        Ok(())
     }
 }
 
@@ -400,11 +407,12 @@ impl Ctx {
 
     /// `--probation`: `gen` gets `share` (of 10,000) of new connections for
     /// `d`, and must stay up and pass its check (once a second) throughout.
+    /// Returns the share (percent) of new connections it got.
     async fn probation(
         &mut self,
         gen: &mut Generation,
         (d, share): (Duration, u32),
-    ) -> Result<(), Refusal> {
+    ) -> Result<f64, Refusal> {
         let before = self.swap.shares()?;
         self.swap.canary(share)?;
         log(&format!(
@@ -449,15 +457,15 @@ impl Ctx {
         };
         let after = self.swap.shares()?;
         let (old, new) = (after.0 - before.0, after.1 - before.1);
+        let pct = 100.0 * new as f64 / ((old + new).max(1)) as f64;
         log(&format!(
-            "generation {} PID {}: probation {}: it got {new} of {} new connections ({:.1}%)",
+            "generation {} PID {}: probation {}: it got {new} of {} new connections ({pct:.1}%)",
             gen.number,
             gen.pid,
             if outcome.is_ok() { "passed" } else { "failed" },
             old + new,
-            100.0 * new as f64 / ((old + new).max(1)) as f64
         ));
-        outcome
+        outcome.map(|()| pct)
     }
 
     /// Waits (until `end`) for no handshake to our port to be half done.
@@ -815,9 +823,12 @@ impl Supervisor {
             .flat_map(|g| g.listeners.iter().copied())
             .collect();
         let new = self.pending.insert(spawned);
+        let mut canary_pct = None;
         let up = match Self::bring_up(&mut self.ctx, new).await {
             Ok(_) => match self.ctx.opts.probation {
-                Some(p) => self.ctx.probation(new, p).await,
+                Some(p) => self.ctx.probation(new, p).await.map(|pct| {
+                    canary_pct = Some(pct);
+                }),
                 None => Ok(()),
             }
             .and_then(|()| self.ctx.swap.cut_over().map_err(Refusal::from)),
@@ -864,6 +875,7 @@ impl Supervisor {
             left: closed.left,
             total: t0.elapsed(),
             strategy: self.ctx.swap.name(),
+            canary_pct,
         })
     }
 

@@ -45,7 +45,7 @@ pub struct BenchArgs {
     #[arg(
         long = "strategy",
         value_delimiter = ',',
-        default_value = "none,plug,migrate,handoff,plug-k,handoff-k"
+        default_value = "none,plug,migrate,handoff,steer,plug-k,handoff-k"
     )]
     pub strategies: Vec<Strategy>,
     /// Requests of the `ab` cross-check (default: min(requests, 10,000); 0: none).
@@ -109,6 +109,7 @@ pub enum Strategy {
     Plug,
     Migrate,
     Handoff,
+    Steer,
     /// Handoff with kept-alive connections (loadgen -k).
     #[value(name = "handoff-k")]
     HandoffK,
@@ -124,6 +125,7 @@ impl Strategy {
             Strategy::Plug => "plug",
             Strategy::Migrate => "migrate",
             Strategy::Handoff => "handoff",
+            Strategy::Steer => "steer",
             Strategy::HandoffK => "handoff-k",
             Strategy::PlugK => "plug-k",
         }

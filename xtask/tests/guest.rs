@@ -370,6 +370,15 @@ fn guest_steer_local_remote_ipv4_ipv6_zero_failures_nothing_held() {
     scenario_with("steer", &["1000"], Duration::from_secs(600));
 }
 
+/// `--strategy steer`'s other promises (issue #22): a 503 server without
+/// the gate gets no client request (ab: 0 non-2xx), a probation's canary
+/// gets 10 +- 3 % of new connections, a reloader SIGKILLed during one
+/// loses nothing and the next one ends with one generation serving.
+#[test]
+fn guest_steer_unhealthy_probation_and_sigkill_lose_nothing() {
+    scenario_with("steer-faults", &[], Duration::from_secs(600));
+}
+
 /// Issue #20's eight findings, each refused or made harmless (see the
 /// scenario's steps), and an allowed user's reloads lose nothing.
 #[test]

@@ -18,8 +18,11 @@ start() { # $1: log, rest: reloader flags
     for i in $(seq 1 300); do grep -q 'reloader: serving' $log && break; sleep 0.1; done
     grep -q 'reloader: serving' $log || fail "reloader did not start"
 }
-# waits until $1 has a line matching $2
-wait_for() { for i in $(seq 1 600); do grep -q "$2" "$1" && return 0; sleep 0.05; done; fail "no '$2' in $1"; }
+# waits until $1 has a line matching $2 (the ${3:-1}th such line)
+wait_for() {
+    for i in $(seq 1 600); do [ "$(grep -c "$2" "$1")" -ge "${3:-1}" ] && return 0; sleep 0.05; done
+    fail "no '$2' (#${3:-1}) in $1"
+}
 listeners() { awk '$2 ~ /:1B58$/ && $4 == "0A"' /proc/net/tcp | wc -l; }
 
 ip link set lo up
@@ -72,15 +75,16 @@ rm -f /tmp/stop
 loadgen run 127.0.0.1:7000 -c 8 --until-exists /tmp/stop -d 120 > /tmp/l.out &
 L=$!
 reloader reload --control $CTL > /dev/null 2>&1 &
-wait_for /tmp/steer.log 'probation for.*'
+wait_for /tmp/steer.log 'probation for' 2
 kill -9 $R
 start /tmp/steer2.log
-wait_for /tmp/steer2.log 'retired orphaned'
+wait_for /tmp/steer2.log 'reloader: serving'
 n=$(listeners)
 touch /tmp/stop
 wait $L
 echo "   $(head -1 /tmp/l.out)"
 grep -E 'adopting|retired orphaned' /tmp/steer2.log
+[ "$(grep -c 'adopting it' /tmp/steer2.log)" = 2 ] || fail "expected the old and the canary adopted"
 grep -q ' failed=0 ' /tmp/l.out || fail "requests failed across the kill"
 [ "$n" = 1 ] || fail "$n listeners on 7000 after the takeover"
 kill -TERM $R; wait $R || fail "reloader exited $?"

@@ -81,6 +81,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// (packaging) Write the man pages (qdisc.1, qdisc-setup.1, ...) into
+    /// DIR/man and the bash, zsh and fish completions into DIR/completions.
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
+}
+
+/// The man pages and shell completions, from the same clap definitions.
+fn generate(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let (man, completions) = (dir.join("man"), dir.join("completions"));
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completions)?;
+    clap_mangen::generate_to(Cli::command(), &man)?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "qdisc", &completions)?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -89,6 +113,15 @@ fn main() -> ExitCode {
     // SAFETY: restoring the default disposition of one signal.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
+    if let Command::Generate { dir } = &cli.command {
+        return match generate(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("qdisc: error: writing into {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -173,6 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(3)
             });
         }
+        Command::Generate { .. } => unreachable!("handled in main"),
         Command::Probe { json } => {
             let p = qdisc::probe()?;
             if json {
@@ -300,6 +334,7 @@ fn run_ingress(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(3)
             });
         }
+        Command::Generate { .. } => unreachable!("handled in main"),
         Command::Probe { .. } => {
             return run(Cli {
                 ingress: false,

@@ -66,6 +66,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// (packaging) Write the man pages (reloader.1, reloader-run.1, ...) into
+    /// DIR/man and the bash, zsh and fish completions into DIR/completions.
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// (internal) Set LISTEN_PID to our own PID and exec COMMAND: how
     /// `--strategy handoff` gives a server sockets libsystemd accepts.
     #[command(hide = true)]
@@ -124,9 +131,12 @@ struct RunArgs {
     /// the next (like the seed's `bin/reload` loop: reload, sleep 0.1).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     every: Option<Duration>,
-    /// plug: hold new connections in the plug qdisc while the listener set
-    /// changes. none: no protection (start new, SIGTERM old), for comparison
-    /// only: connections can fail.
+    /// plug: hold new connections in a plug qdisc while the listener set
+    /// changes (CAP_NET_ADMIN). migrate: the kernel's tcp_migrate_req
+    /// (rare resets under load). handoff: every generation gets the
+    /// reloader's own sockets (LISTEN_FDS). steer: a BPF program on the
+    /// SO_REUSEPORT group picks each connection's generation (Linux 5.14+,
+    /// CAP_BPF at start). none: no protection, for comparison only.
     #[arg(long, value_enum, default_value = "plug")]
     strategy: Strategy,
     /// Device the local clients' SYNs cross (lo).
@@ -263,6 +273,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Generate { dir } => match generate(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("reloader: error: writing into {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Reload { control } => {
             let path = match control.map_or_else(control::default_path, Ok) {
                 Ok(p) => p,
@@ -407,6 +424,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The man pages and shell completions, from the same clap definitions.
+fn generate(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let (man, completions) = (dir.join("man"), dir.join("completions"));
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completions)?;
+    clap_mangen::generate_to(Cli::command(), &man)?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "reloader", &completions)?;
+    }
+    Ok(())
 }
 
 /// How long past `--hold-limit` the watchdog waits before it releases a

@@ -297,9 +297,10 @@ fn load_between(r: &mut Proc, from: &str, until: &str, c: usize) -> loadgen::Rep
     rep
 }
 
-/// `--probation 3s --canary 10`: the new server gets 10 ± 3 % of new
-/// connections over the window, then takes over; one killed (SIGKILL) 1 s
-/// into its probation sends everything back to the old one, which serves on.
+/// `--probation 4s --canary 10`: the new server gets 10 ± 3 % of new
+/// connections over the window, then takes over; one killed (SIGKILL)
+/// about 2 s into its probation sends everything back to the old one,
+/// which serves on.
 #[test]
 fn steer_probation_gives_the_canary_its_share_then_takes_over_or_rolls_back() {
     let Some(server) = server() else {
@@ -309,16 +310,17 @@ fn steer_probation_gives_the_canary_its_share_then_takes_over_or_rolls_back() {
         let flag = std::env::temp_dir().join(format!("steer-crash-{}", std::process::id()));
         let _ = std::fs::remove_file(&flag);
         let srv = format!("env -u RELOADER_GATE {}", server.display());
-        // With the flag, the server is killed 1 s after it starts (its
-        // check passes within that second; the probation lasts 3 s).
+        // With the flag, the server is killed 2.2 s after it starts (its
+        // check passes within tens of milliseconds here; the probation
+        // lasts 4 s).
         let script = format!(
-            "if [ -e {f} ]; then {srv} & sleep 1.5; kill -9 $!; exit 1; fi; exec {srv}",
+            "if [ -e {f} ]; then {srv} & sleep 2.2; kill -9 $!; exit 1; fi; exec {srv}",
             f = flag.display()
         );
         let (mut r, ctl) = reloader(
             "steer",
             &["127.0.0.1:7000"],
-            &["--probation", "3s", "--canary", "10"],
+            &["--probation", "4s", "--canary", "10"],
             &script,
         );
         let reload = |ctl: &str| {

@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod build;
 pub mod cpio;
+pub mod dist;
 pub mod exec;
 pub mod flaky;
 pub mod initramfs;

@@ -35,6 +35,9 @@ enum Task {
     /// Run the host tests (all but the guest tests) N times; print each
     /// failing test with its count.
     Flaky(xtask::flaky::FlakyArgs),
+    /// The Debian package (binaries, man pages, completions, docs) with
+    /// cargo-deb; prints its path.
+    Dist,
     /// Median plug+release cost in-process vs spawning tc, host and VM
     /// (ARGS go to plug-bench: --iterations N --spawns N).
     BenchPlug {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Task::Soak(a) => xtask::soak::soak(a).map(|()| ExitCode::SUCCESS),
         Task::Matrix(a) => xtask::matrix::matrix(a).map(|()| ExitCode::SUCCESS),
         Task::Flaky(a) => xtask::flaky::flaky(a),
+        Task::Dist => xtask::dist::dist().map(|_| ExitCode::SUCCESS),
         Task::BenchPlug { args } => xtask::tasks::bench_plug(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {

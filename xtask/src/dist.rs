@@ -14,22 +14,31 @@ use crate::exec::{run_visible, which};
 pub fn dist() -> Result<PathBuf> {
     let root = crate::workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run_visible(Command::new(&cargo).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "reloader",
-        "-p",
-        "qdisc",
-        "-p",
-        "server",
-    ]))
+    // Stripped, in a target directory of their own (the workspace's
+    // release profile keeps debug info for profiling).
+    run_visible(
+        Command::new(&cargo)
+            .current_dir(&root)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "reloader",
+                "-p",
+                "qdisc",
+                "-p",
+                "server",
+            ])
+            .env("CARGO_TARGET_DIR", root.join("target/dist-build"))
+            .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "0"),
+    )
     .context("building the release binaries")?;
     let out = root.join("target/dist");
     let _ = std::fs::remove_dir_all(&out);
     for bin in ["reloader", "qdisc"] {
         run_visible(
-            Command::new(root.join("target/release").join(bin))
+            Command::new(root.join("target/dist-build/release").join(bin))
                 .arg("generate")
                 .arg(&out),
         )
@@ -51,13 +60,12 @@ pub fn dist() -> Result<PathBuf> {
         run_visible(Command::new(&cargo).args(["install", "cargo-deb", "--locked"]))
             .context("installing cargo-deb")?;
     }
-    let deb = crate::exec::exec(Command::new(&cargo).current_dir(&root).args([
-        "deb",
-        "-p",
-        "reloader",
-        "--no-build",
-        "--no-strip",
-    ]))
+    let deb = crate::exec::exec(
+        Command::new(&cargo)
+            .current_dir(&root)
+            .args(["deb", "-p", "reloader", "--no-build"])
+            .env("CARGO_TARGET_DIR", root.join("target/dist-build")),
+    )
     .context("cargo deb")?;
     let path = PathBuf::from(deb.lines().last().unwrap_or_default().trim());
     println!("{}", path.display());

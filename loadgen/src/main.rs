@@ -83,6 +83,10 @@ struct RunArgs {
     /// spans it, however fast the machine), at most -d SECS.
     #[arg(long, value_name = "FILE", requires = "duration")]
     until_exists: Option<PathBuf>,
+    /// Create FILE once the first request is done (a script starts the
+    /// event the load must span then, not after a guessed delay).
+    #[arg(long, value_name = "FILE")]
+    started: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -179,14 +183,30 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     opts.until_failure = args.until_failure;
     opts.progress = args.progress;
     opts.record = args.tsv.is_some();
-    if let Some(file) = args.until_exists {
+    if args.until_exists.is_some() || args.started.is_some() {
         let live = Arc::new(loadgen::Live::default());
         opts.live = Some(live.clone());
+        let (until, started) = (args.until_exists, args.started);
         std::thread::spawn(move || {
-            while !file.exists() {
+            let mut started = started;
+            loop {
+                if let Some(file) = &started {
+                    if live.done.load(Ordering::Relaxed) > 0 {
+                        if let Err(e) = std::fs::write(file, b"") {
+                            eprintln!("loadgen: --started {}: {e}", file.display());
+                        }
+                        started = None;
+                    }
+                }
+                if until.as_ref().is_some_and(|f| f.exists()) {
+                    live.stop.store(true, Ordering::Relaxed);
+                    return;
+                }
+                if started.is_none() && until.is_none() {
+                    return;
+                }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            live.stop.store(true, Ordering::Relaxed);
         });
     }
     let r = loadgen::run(&opts);

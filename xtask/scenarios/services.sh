@@ -90,8 +90,11 @@ phase() {
     done
     $S reloader reload --control /tmp/s1.sock > /tmp/s1.reload 2>&1 &
     R=$!
-    for i in $(seq 1 200); do buffering && break; sleep 0.05; done
-    buffering || fail "s1 never held"
+    # The reload may first SIGKILL the generation the last phase left
+    # listening (its drain timeout) and start a server on a loaded guest:
+    # wait for the hold itself, or for the reload to end without one.
+    for i in $(seq 1 1200); do buffering && break; kill -0 $R 2>/dev/null || break; sleep 0.05; done
+    buffering || fail "s1 never held (reload: $(cat /tmp/s1.reload))"
     r2=$(( $(reloads s2) + 10 )) r3=$(( $(reloads s3) + 10 ))
     if [ "$1" = 1 ]; then kill -9 $S1; else
         while buffering; do sleep 0.05; done

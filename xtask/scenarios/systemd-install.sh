@@ -1,6 +1,6 @@
-# The README's install steps, as written, with systemd as PID 1 in the VM
-# (`cargo xtask vm -- --systemd sh /scenarios/systemd-install.sh`). The
-# blocks are read from the README itself (section "Running under systemd").
+# The install-from-source steps of docs/systemd.md, as written, with systemd
+# as PID 1 in the VM (`cargo xtask vm -- --systemd sh
+# /scenarios/systemd-install.sh`). The blocks are read from that file.
 # The guest has no sudo and we are root: `sudo` runs its command.
 set -u
 fail() { echo "FAIL: $*"; systemctl status --no-pager reloader reloader-handoff 2>&1 | tail -20; exit 1; }
@@ -12,13 +12,12 @@ echo "systemd $(systemctl --version | head -1 | cut -d' ' -f2) is PID 1"
 cd /repo
 mkdir -p target/release
 cp /usr/local/bin/reloader /usr/local/bin/reuse-server target/release/
-# The fenced blocks of the section, in order: 1 = install, 2 = socket-activated.
-awk '/^## Running under systemd/ { on = 1; next } /^## / { on = 0 }
-     on && /^```/ { if (inblock) { inblock = 0 } else { inblock = 1; n++ }; next }
-     on && inblock { print > ("/tmp/block" n ".sh") }' README.md
-[ -s /tmp/block1.sh ] && [ -s /tmp/block2.sh ] || fail "the README's blocks were not found"
+# The fenced blocks of the page, in order: 1 = install, 2 = socket-activated.
+awk '/^```/ { if (inblock) { inblock = 0 } else { inblock = 1; n++ }; next }
+     inblock { print > ("/tmp/block" n ".sh") }' docs/systemd.md
+[ -s /tmp/block1.sh ] && [ -s /tmp/block2.sh ] || fail "the blocks of docs/systemd.md were not found"
 
-echo "--- README block 1, as written:"; cat /tmp/block1.sh
+echo "--- docs/systemd.md block 1, as written:"; cat /tmp/block1.sh
 . /tmp/block1.sh || fail "a step of block 1 failed"
 systemctl is-active reloader || fail "reloader.service is not active"
 R=$(systemctl show -p MainPID --value reloader)
@@ -44,7 +43,7 @@ systemctl stop reloader || fail "stop"
 loadgen get 127.0.0.1:7000 > /dev/null 2>&1 && fail "something still serves 7000 after stop"
 pidof reuse-server && fail "servers left after systemctl stop"
 
-echo "--- README block 2, as written:"; cat /tmp/block2.sh
+echo "--- docs/systemd.md block 2, as written:"; cat /tmp/block2.sh
 . /tmp/block2.sh || fail "a step of block 2 failed"
 systemctl is-active reloader-handoff.socket || fail "the socket unit is not active"
 first=$(loadgen get 127.0.0.1:7000) || fail "no answer through the activated socket"

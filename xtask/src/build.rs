@@ -12,13 +12,17 @@ use crate::exec::run_visible;
 /// The binaries the guest gets on PATH.
 pub const BINARIES: &[&str] = &["reuse-server", "qdisc", "reloader", "loadgen", "plug-bench"];
 
-const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The target triple of that build (its own directory under `TARGET_DIR`).
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Where it is built.
+pub const TARGET_DIR: &str = "target/vm-build";
 
 /// Builds every binary of the workspace (release, statically linked against
 /// glibc) and returns the paths of those in [`BINARIES`] that exist.
 pub fn static_binaries(root: &Path) -> Result<Vec<PathBuf>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target_dir = root.join("target/vm-build");
+    let target_dir = root.join(TARGET_DIR);
     run_visible(
         Command::new(cargo)
             .current_dir(root)

@@ -1,48 +1,39 @@
-//! `cargo xtask dist`: the Debian package. Builds the binaries (release),
-//! has `reloader` and `qdisc` write their man pages and completions
-//! (`generate`, from their own clap definitions), then runs cargo-deb with
-//! the metadata in `reloader/Cargo.toml` (installed with cargo when
-//! missing).
+//! `cargo xtask dist`: the Debian package. Uses the statically linked
+//! release build the guest gets too (`build::static_binaries`, one build
+//! for both), has `reloader` and `qdisc` write their man pages and
+//! completions (`generate`, from their own clap definitions), then runs
+//! cargo-deb with the metadata in `reloader/Cargo.toml` (installed with
+//! cargo when missing).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
 
+use crate::build::{static_binaries, TARGET, TARGET_DIR};
 use crate::exec::{run_visible, which};
 
+/// The cargo-deb release `cargo xtask dist` installs when it has none.
+const CARGO_DEB: &str = "3.8.0";
+
+/// Builds the package and returns its path.
 pub fn dist() -> Result<PathBuf> {
     let root = crate::workspace_root();
+    let bins = static_binaries(&root)?;
+    package(&root, &bins)
+}
+
+fn package(root: &Path, bins: &[PathBuf]) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // Stripped, in a target directory of their own (the workspace's
-    // release profile keeps debug info for profiling).
-    run_visible(
-        Command::new(&cargo)
-            .current_dir(&root)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "reloader",
-                "-p",
-                "qdisc",
-                "-p",
-                "server",
-            ])
-            .env("CARGO_TARGET_DIR", root.join("target/dist-build"))
-            .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
-            .env("CARGO_PROFILE_RELEASE_DEBUG", "0"),
-    )
-    .context("building the release binaries")?;
     let out = root.join("target/dist");
     let _ = std::fs::remove_dir_all(&out);
-    for bin in ["reloader", "qdisc"] {
-        run_visible(
-            Command::new(root.join("target/dist-build/release").join(bin))
-                .arg("generate")
-                .arg(&out),
-        )
-        .with_context(|| format!("{bin} generate"))?;
+    for name in ["reloader", "qdisc"] {
+        let bin = bins
+            .iter()
+            .find(|b| b.file_name().is_some_and(|f| f == name))
+            .with_context(|| format!("the build made no {name}"))?;
+        run_visible(Command::new(bin).arg("generate").arg(&out))
+            .with_context(|| format!("{name} generate"))?;
     }
     // The units as installed by the package: its binaries are in /usr/bin.
     let units = out.join("systemd");
@@ -56,18 +47,25 @@ pub fn dist() -> Result<PathBuf> {
         )?;
     }
     if which("cargo-deb").is_none() {
-        eprintln!("xtask: installing cargo-deb (cargo install cargo-deb --locked)");
-        run_visible(Command::new(&cargo).args(["install", "cargo-deb", "--locked"]))
-            .context("installing cargo-deb")?;
+        eprintln!("xtask: installing cargo-deb {CARGO_DEB} (cargo install cargo-deb --locked)");
+        run_visible(Command::new(&cargo).args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            CARGO_DEB,
+        ]))
+        .context("installing cargo-deb")?;
     }
     let deb = crate::exec::exec(
         Command::new(&cargo)
-            .current_dir(&root)
-            .args(["deb", "-p", "reloader", "--no-build"])
-            .env("CARGO_TARGET_DIR", root.join("target/dist-build")),
+            .current_dir(root)
+            .args(["deb", "-p", "reloader", "--no-build", "--target", TARGET])
+            .env("CARGO_TARGET_DIR", root.join(TARGET_DIR)),
     )
     .context("cargo deb")?;
     let path = PathBuf::from(deb.lines().last().unwrap_or_default().trim());
+    anyhow::ensure!(path.is_file(), "cargo deb named no package: {deb}");
     println!("{}", path.display());
     Ok(path)
 }

@@ -47,7 +47,7 @@ pub const MODULES: &[&str] = &[
 /// Host tools copied in for cross-checks, at `/usr/sbin/<name>`. Call them by
 /// that full path in the guest: busybox's shell prefers its own applets
 /// (`tc`, `ip`) over anything on PATH.
-pub const TOOLS: &[&str] = &["tc", "ip", "ss", "nft", "ab", "setcap"];
+pub const TOOLS: &[&str] = &["tc", "ip", "ss", "nft", "ab", "setcap", "getcap"];
 
 /// The bench's peers, copied in (with their libraries) when the host has
 /// them: `cargo xtask bench` installs them, the tests do not need them.
@@ -141,10 +141,15 @@ pub fn build(kernel: &Kernel, bins: &[PathBuf], scenarios: &Path, stage: &Path) 
         )?;
     }
     stage_systemd(stage)?;
-    // What the scenarios that follow the README read: the README itself and
-    // the shipped units, at /repo.
+    stage_packages(stage)?;
+    // What the scenarios that follow the documentation read: the README,
+    // docs/systemd.md and the shipped units, at /repo.
     if let Some(repo) = scenarios.parent().and_then(Path::parent) {
         copy(&repo.join("README.md"), &stage.join("repo/README.md"))?;
+        copy(
+            &repo.join("docs/systemd.md"),
+            &stage.join("repo/docs/systemd.md"),
+        )?;
         for e in fs::read_dir(repo.join("contrib/systemd"))? {
             let p = e?.path();
             let name = p.file_name().unwrap();
@@ -174,6 +179,8 @@ fn stage_systemd(stage: &Path) -> Result<()> {
         Some(systemd.to_path_buf()),
         which("systemctl"),
         which("useradd"),
+        which("usermod"),
+        which("systemd-sysusers"),
         which("install"),
     ];
     for bin in bins.into_iter().flatten() {
@@ -220,10 +227,102 @@ fn stage_systemd(stage: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What the package test needs to install our `.deb` and use it: dpkg
+/// (with GNU tar, whose options dpkg-deb passes: busybox tar has not them),
+/// man-db with groff-base and col (`man reloader` renders), bash (its completion
+/// loads), copied file by file as the host's `dpkg -L` lists them, with
+/// their libraries.
+const GUEST_PACKAGES: &[&str] = &[
+    "dpkg",
+    "tar",
+    "man-db",
+    "groff-base",
+    "bsdextrautils",
+    "bash",
+];
+
+/// Packages whose files the guest has from elsewhere (systemd's PID 1 and
+/// `setcap` above): listed in its dpkg database, as our package depends on
+/// them, not copied again.
+const LISTED_PACKAGES: &[&str] = &["systemd", "libcap2-bin"];
+
+/// Stages [`GUEST_PACKAGES`] and a dpkg database that lists them and
+/// [`LISTED_PACKAGES`] as the host's `dpkg-query` describes them, when the
+/// host has dpkg (without it the package test fails clearly).
+fn stage_packages(stage: &Path) -> Result<()> {
+    if which("dpkg-query").is_none() {
+        return Ok(());
+    }
+    let skip = [
+        "/usr/share/doc/",
+        "/usr/share/man/",
+        "/usr/share/locale/",
+        "/usr/share/info/",
+    ];
+    let db = stage.join("var/lib/dpkg");
+    for d in ["info", "updates", "triggers", "alternatives"] {
+        fs::create_dir_all(db.join(d))?;
+    }
+    fs::create_dir_all(stage.join("var/log"))?;
+    fs::write(db.join("available"), b"")?;
+    let mut status = String::new();
+    for pkg in GUEST_PACKAGES.iter().chain(LISTED_PACKAGES) {
+        let stanza = exec(Command::new("dpkg-query").args(["-s", pkg]))
+            .with_context(|| format!("the host has no {pkg} package (apt-get install {pkg})"))?;
+        status.push_str(stanza.trim_end());
+        status.push_str("\n\n");
+        let list = exec(Command::new("dpkg-query").args(["-L", pkg]))?;
+        fs::write(db.join(format!("info/{pkg}.list")), &list)?;
+        if !GUEST_PACKAGES.contains(pkg) {
+            continue;
+        }
+        for path in list.lines().map(Path::new) {
+            let text = path.to_string_lossy();
+            if skip.iter().any(|s| text.starts_with(s)) {
+                continue;
+            }
+            let Ok(meta) = fs::symlink_metadata(path) else {
+                continue; // listed, but removed on the host (a diversion)
+            };
+            let dst = stage.join(path.strip_prefix("/").unwrap_or(path));
+            if meta.file_type().is_symlink() {
+                if fs::symlink_metadata(&dst).is_err() {
+                    fs::create_dir_all(dst.parent().unwrap())?;
+                    std::os::unix::fs::symlink(fs::read_link(path)?, &dst)?;
+                }
+            } else if meta.is_file() && fs::symlink_metadata(&dst).is_err() {
+                copy(path, &dst)?;
+                fs::set_permissions(&dst, meta.permissions())?;
+                let mut magic = [0u8; 4];
+                let elf = fs::File::open(path)
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+                    .is_ok()
+                    && magic == *b"\x7fELF";
+                if elf {
+                    // ldd refuses a static executable: it needs nothing.
+                    for lib in shared_libraries(path).unwrap_or_default() {
+                        let dst = stage.join(lib.strip_prefix("/").unwrap_or(&lib));
+                        if !dst.exists() {
+                            copy(&lib, &dst)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    fs::write(db.join("status"), status)?;
+    // dpkg wants ldconfig on PATH (it runs it after unpacking libraries).
+    if let Some(ldconfig) = which("ldconfig") {
+        copy(&ldconfig, &stage.join("usr/sbin/ldconfig"))?;
+    }
+    Ok(())
+}
+
 /// A second archive holding `/xtask-cmd`; appended to the first, it tells
 /// `/init` what to run. A first word `--systemd` makes `/init` start
 /// systemd as PID 1 and run the command as its service (`/xtask-systemd`).
-pub fn command_archive(command: &[String]) -> Result<Vec<u8>> {
+/// Each of `files` is added as `/extra/<name>`.
+pub fn command_archive(command: &[String], files: &[(&str, &Path)]) -> Result<Vec<u8>> {
     let systemd = command.first().map(String::as_str) == Some("--systemd");
     let command = if systemd { &command[1..] } else { command };
     let line: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
@@ -236,6 +335,13 @@ pub fn command_archive(command: &[String]) -> Result<Vec<u8>> {
         0o644,
         format!("{}\n", line.join(" ")).as_bytes(),
     )?;
+    if !files.is_empty() {
+        w.dir("extra")?;
+    }
+    for (name, path) in files {
+        let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        w.file(&format!("extra/{name}"), 0o644, &data)?;
+    }
     Ok(w.finish()?)
 }
 

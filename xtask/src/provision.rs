@@ -45,6 +45,13 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     // steps): systemd itself, and useradd.
     ("systemctl", "systemd"),
     ("useradd", "passwd"),
+    // For the package test there: dpkg installs our .deb, man renders its
+    // pages (groff), bash loads its completion.
+    ("dpkg", "dpkg"),
+    ("man", "man-db"),
+    ("groff", "groff-base"),
+    ("col", "bsdextrautils"),
+    ("bash", "bash"),
 ];
 
 /// Finds the host tools, installing the missing ones with apt when we may.

@@ -100,11 +100,34 @@ impl Prepared {
         self.run_sharing(command, None, timeout, on_line)
     }
 
+    /// Like [`run`](Self::run), with host files added to the guest for this
+    /// boot only: each `(name, path)` appears at `/extra/<name>`.
+    pub fn run_with_files(
+        &self,
+        command: &[String],
+        files: &[(&str, &Path)],
+        timeout: Duration,
+        on_line: impl FnMut(&str),
+    ) -> Result<i32> {
+        self.boot_with(command, files, None, timeout, on_line)
+    }
+
     /// Like [`run`](Self::run), with the host folder `results` mounted at
     /// `/results` in the guest (9p), for files the command writes.
     pub fn run_sharing(
         &self,
         command: &[String],
+        results: Option<&Path>,
+        timeout: Duration,
+        on_line: impl FnMut(&str),
+    ) -> Result<i32> {
+        self.boot_with(command, &[], results, timeout, on_line)
+    }
+
+    fn boot_with(
+        &self,
+        command: &[String],
+        files: &[(&str, &Path)],
         results: Option<&Path>,
         timeout: Duration,
         mut on_line: impl FnMut(&str),
@@ -119,7 +142,7 @@ impl Prepared {
             .work
             .join(format!("run-{}-{n}.initrd", std::process::id()));
         let mut bytes = self.base_initrd.clone();
-        bytes.extend(initramfs::command_archive(command)?);
+        bytes.extend(initramfs::command_archive(command, files)?);
         std::fs::write(&initrd, bytes)?;
         let result = boot(
             &self.kernel.vmlinuz,

@@ -16,6 +16,15 @@ static VM: Mutex<Option<Result<Prepared, String>>> = Mutex::new(None);
 /// has been reported); otherwise the exit status (or why there was none) and
 /// the console output.
 fn in_guest(command: &[&str], timeout: Duration) -> Option<(anyhow::Result<i32>, String)> {
+    in_guest_with(command, &[], timeout)
+}
+
+/// The same with host files at `/extra/<name>` in the guest.
+fn in_guest_with(
+    command: &[&str],
+    files: &[(&str, &std::path::Path)],
+    timeout: Duration,
+) -> Option<(anyhow::Result<i32>, String)> {
     let mut vm = VM.lock().unwrap_or_else(|e| e.into_inner());
     let prepared = vm.get_or_insert_with(|| {
         vm::prepare(None).map_err(|e| match e.downcast_ref::<Unavailable>() {
@@ -33,7 +42,7 @@ fn in_guest(command: &[&str], timeout: Duration) -> Option<(anyhow::Result<i32>,
     };
     let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
     let mut console = String::new();
-    let result = prepared.run(&command, timeout, |line| {
+    let result = prepared.run_with_files(&command, files, timeout, |line| {
         eprintln!("guest| {line}");
         console.push_str(line);
         console.push('\n');
@@ -327,14 +336,37 @@ fn guest_soak_two_minutes() {
     scenario_with("soak", &["2", "plug handoff"], Duration::from_secs(900));
 }
 
-/// The README's systemd install steps, read from the README and run as
-/// written with systemd 252 as PID 1 in the VM: the plug unit reloads with
+/// The systemd install-from-source steps, read from docs/systemd.md and run
+/// as written with systemd 252 as PID 1 in the VM: the plug unit reloads with
 /// `systemctl reload` under load without a failed request, as its own user
 /// with CAP_NET_ADMIN alone; the socket-activated handoff unit is started
 /// by a first connection and needs no capability.
 #[test]
-fn guest_readme_systemd_install_steps_run_as_written() {
+fn guest_systemd_install_steps_run_as_written() {
     systemd_scenario("systemd-install", Duration::from_secs(600));
+}
+
+/// `cargo xtask dist`'s package, installed with `dpkg -i` in the systemd
+/// guest: the modes, capabilities and user its install script makes, `man
+/// reloader` renders, the bash completion loads; the README's quick start
+/// runs as written as a member of group `reloader` (handoff, plug, HAProxy,
+/// each reloaded under load with 0 failed), and so does its systemd block
+/// with the packaged unit.
+#[test]
+fn guest_package_installs_and_quick_start_runs_as_written() {
+    let deb = xtask::dist::dist().expect("cargo xtask dist");
+    let command = ["--systemd", "sh", "/scenarios/package.sh"];
+    let files = [("reuse-port-reload.deb", deb.as_path())];
+    let Some((result, _)) = in_guest_with(&command, &files, Duration::from_secs(900)) else {
+        return;
+    };
+    match result {
+        Ok(0) => {}
+        Ok(code) => {
+            panic!("scenario package failed in the guest with exit status {code} (console above)")
+        }
+        Err(e) => panic!("scenario package: {e:#} (console above)"),
+    }
 }
 
 /// The VM has no network card: nothing a test does can leave it.

@@ -27,7 +27,6 @@ use tokio::io::Interest;
 use tokio::process::{Child, Command};
 
 use crate::handoff::Handoff;
-use crate::notify::GATE_ENV;
 
 enum Proc {
     Child(Child),
@@ -108,7 +107,7 @@ impl Generation {
         let mut cmd = match handoff {
             None => {
                 let mut c = Command::new(&argv[0]);
-                c.args(&argv[1..]).env(GATE_ENV, "1");
+                c.args(&argv[1..]).env(gate::ENV, "1");
                 c
             }
             Some(h) => {

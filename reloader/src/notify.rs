@@ -1,57 +1,23 @@
 //! The receiving end of `NOTIFY_SOCKET`. Every datagram's sender is known
 //! from the kernel (SCM_CREDENTIALS), never from what it claims, so a
-//! message counts only for the generation whose PID sent it.
-//!
-//! Two messages matter:
-//! - `READY=1`: the server's listeners are in the SO_REUSEPORT group;
-//! - `X_RELOADER_GATE=IP:PORT`: a cooperative server (see `reuse-server`)
-//!   has bound its sockets without listening, and answers its health check
-//!   on IP:PORT; it joins the group when sent SIGUSR2.
+//! message counts only for the generation whose PID sent it. What the
+//! messages say is the gate protocol's (`gate::Message`): `READY=1`, a
+//! cooperative server's offer to be checked before it joins, a drain cut.
 
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use gate::Message;
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 use tokio::sync::mpsc;
-
-/// The environment variable that tells a server it may use the gate.
-pub const GATE_ENV: &str = "RELOADER_GATE";
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Note {
-    Ready,
-    Gate(SocketAddr),
-    /// `X_RELOADER_DRAIN_CUT=N`: its drain timeout cut N connections.
-    DrainCut(u64),
-}
 
 /// A bound notify socket; its path goes into each server's environment.
 pub struct Notify {
     pub path: PathBuf,
     /// (sender PID from the kernel, message).
-    pub notes: mpsc::UnboundedReceiver<(u32, Note)>,
-}
-
-/// Parses one datagram; `None` when it says nothing we act on.
-pub fn parse(text: &str) -> Option<Note> {
-    let mut note = None;
-    for line in text.lines() {
-        if line == "READY=1" {
-            note = Some(Note::Ready);
-        } else if let Some(addr) = line.strip_prefix("X_RELOADER_GATE=") {
-            if let Ok(a) = addr.trim().parse() {
-                return Some(Note::Gate(a));
-            }
-        } else if let Some(n) = line.strip_prefix("X_RELOADER_DRAIN_CUT=") {
-            if let Ok(n) = n.trim().parse() {
-                return Some(Note::DrainCut(n));
-            }
-        }
-    }
-    note
+    pub notes: mpsc::UnboundedReceiver<(u32, Message)>,
 }
 
 impl Notify {
@@ -84,8 +50,8 @@ impl Notify {
                     .await;
                 let Ok((n, pid)) = got else { break };
                 let Some(pid) = pid else { continue }; // no credentials: ignored
-                match parse(&String::from_utf8_lossy(&buf[..n])) {
-                    Some(Note::DrainCut(n)) => on_cut(pid, n),
+                match Message::parse(&String::from_utf8_lossy(&buf[..n])) {
+                    Some(Message::DrainCut(n)) => on_cut(pid, n),
                     Some(note) if tx.send((pid, note.clone())).is_err() => break,
                     _ => {}
                 }
@@ -137,21 +103,6 @@ fn recv_with_pid(sock: &UnixDatagram, buf: &mut [u8]) -> io::Result<(usize, Opti
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_ready_and_gate() {
-        assert_eq!(parse("READY=1\nMAINPID=42\n"), Some(Note::Ready));
-        assert_eq!(
-            parse("X_RELOADER_GATE=127.0.0.1:4000\nMAINPID=42\n"),
-            Some(Note::Gate("127.0.0.1:4000".parse().unwrap()))
-        );
-        assert_eq!(parse("STATUS=busy\n"), None);
-        assert_eq!(parse("X_RELOADER_GATE=nonsense\n"), None);
-        assert_eq!(
-            parse("X_RELOADER_DRAIN_CUT=3\nMAINPID=42\n"),
-            Some(Note::DrainCut(3))
-        );
-    }
-
     /// The PID comes from the kernel, not from MAINPID=.
     #[tokio::test]
     async fn the_sender_pid_comes_from_the_kernel() {
@@ -164,7 +115,7 @@ mod tests {
         let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
         s.send_to(b"READY=1\nMAINPID=1\n", &path).unwrap();
         let (pid, note) = n.notes.recv().await.unwrap();
-        assert_eq!(note, Note::Ready);
+        assert_eq!(note, Message::Ready);
         assert_eq!(pid, std::process::id());
     }
 }

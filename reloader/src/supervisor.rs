@@ -30,8 +30,9 @@ use crate::error::{Error, Refusal, ReloadError};
 use crate::generation::Generation;
 use crate::health::Check;
 use crate::kernel::{Kernel, Spawn};
-use crate::notify::{Note, Notify};
+use crate::notify::Notify;
 use crate::swap::{AtClose, Swap};
+use gate::Message;
 
 /// How often the kernel is asked while waiting on it.
 const POLL: Duration = Duration::from_millis(1);
@@ -279,8 +280,8 @@ impl Ctx {
             while let Ok((pid, note)) = ctx.notify.notes.try_recv() {
                 match note {
                     _ if !gen.has(pid) => {} // another process: not its word
-                    Note::Gate(addr) => return Ok(Some(Started::Gate(addr, pid))),
-                    Note::Ready | Note::DrainCut(_) => {}
+                    Message::Offer(addr) => return Ok(Some(Started::Gate(addr, pid))),
+                    Message::Ready | Message::DrainCut(_) => {}
                 }
             }
             // Between fork and exec the child is still a copy of us, and a
@@ -370,7 +371,7 @@ impl Ctx {
     async fn join(&mut self, gen: &mut Generation, by: u32) -> Result<(), Refusal> {
         // To the member that offered the gate only: SIGUSR2 would end a
         // launcher shell.
-        gen.signal_member(by, libc::SIGUSR2);
+        gen.signal_member(by, gate::JOIN_SIGNAL);
         let end = Instant::now() + self.opts.ready_timeout;
         let mut ready = false;
         self.poll(end, POLL, |ctx, late| {
@@ -381,7 +382,7 @@ impl Ctx {
                 });
             }
             while let Ok((pid, note)) = ctx.notify.notes.try_recv() {
-                ready |= gen.has(pid) && note == Note::Ready;
+                ready |= gen.has(pid) && note == Message::Ready;
             }
             // READY=1 comes after its last listen(): only then are its
             // listeners worth looking for.
@@ -610,8 +611,8 @@ impl Ctx {
                 cut: 0,
             });
         }
-        // Held with tcp_migrate_req=1 too: measured, the kernel's migration
-        // alone is not lossless under load (7 of 560,326 in the soak).
+        // Held with tcp_migrate_req=1 too: the kernel's migration alone is
+        // not lossless under load (docs/strategies.md).
         let hold = self.swap.at_close() == AtClose::Hold;
         let end = Instant::now()
             + if hold {

@@ -6,21 +6,15 @@
 //! - [`listen`]: parse `--listen`, bind SO_REUSEPORT sockets, adopt inherited
 //!   (`LISTEN_FDS`) sockets.
 //! - [`serve`]: the accept loops, the HTTP service and the drain.
-//! - [`notify`]: the `sd_notify` readiness datagram.
+//!
+//! Readiness and the join gate are the `gate` crate's (both ends of the
+//! protocol live there).
 
 pub mod listen;
-pub mod notify;
 pub mod serve;
 
 pub use listen::{bind_all, inherited, parse_listen, ListenError, Listener};
 pub use serve::{serve, DrainReport, ServeOptions};
-
-/// Set by a supervisor that speaks the join gate (the `reloader`): bind the
-/// port without listening, announce a health-check address with
-/// `X_RELOADER_GATE=IP:PORT` over `NOTIFY_SOCKET`, and `listen()` (join the
-/// SO_REUSEPORT group) only on SIGUSR2. A server that fails its check then
-/// never receives a client connection.
-pub const GATE_ENV: &str = "RELOADER_GATE";
 
 /// `eprintln!` in one `write()`: generations and their supervisor share one
 /// stderr, and `eprintln!` writes a line in pieces that another process's

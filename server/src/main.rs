@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use server::{listen, notify, ServeOptions, GATE_ENV};
+use server::{listen, ServeOptions};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// A hyper server on SO_REUSEPORT sockets that answers every request with its
@@ -64,33 +64,32 @@ fn main() -> ExitCode {
     }
     // A supervisor that speaks the gate lets us bind without joining the
     // SO_REUSEPORT group, pass its check on a private address, then join.
-    let gated = std::env::var_os(GATE_ENV).is_some();
-    std::env::remove_var(GATE_ENV);
-    let (listeners, gated) = match listen::inherited() {
-        Ok(Some(inherited)) => (inherited, false),
+    let gate = gate::Gate::from_env();
+    let (listeners, gate) = match listen::inherited() {
+        Ok(Some(inherited)) => (inherited, None),
         Ok(None) => {
             let addrs: Result<Vec<SocketAddr>, _> =
                 cli.listen.iter().map(|s| listen::parse_listen(s)).collect();
             let bound = addrs.and_then(|addrs| {
-                if gated {
+                if gate.is_some() {
                     listen::bind_all_unjoined(&addrs)
                 } else {
                     listen::bind_all(&addrs, cli.backlog)
                 }
             });
             match bound {
-                Ok(bound) => (bound, gated),
+                Ok(bound) => (bound, gate),
                 Err(e) => return fail(e.to_string()),
             }
         }
         Err(e) => return fail(e.to_string()),
     };
-    let check = match gated {
-        true => match listen::check_listener(listeners[0].addr) {
-            Ok(c) => Some(c),
+    let check = match &gate {
+        Some(g) => match listen::check_listener(listeners[0].addr) {
+            Ok(c) => Some((g, c)),
             Err(e) => return fail(e.to_string()),
         },
-        false => None,
+        None => None,
     };
     let opts = ServeOptions {
         drain_timeout: Duration::from_secs_f64(cli.drain_timeout),
@@ -115,10 +114,11 @@ fn main() -> ExitCode {
             (Ok(t), Ok(i), Ok(q)) => (t, i, q),
             _ => return fail("cannot install signal handlers".into()),
         };
-        if let Some(check) = check {
+        if let Some((gate, check)) = check {
             // Serve the check address until the supervisor says join
-            // (SIGUSR2) or stop (SIGTERM/SIGINT: we never joined, nothing to drain).
-            let Ok(mut usr2) = signal(SignalKind::user_defined2()) else {
+            // (gate::JOIN_SIGNAL) or stop (SIGTERM/SIGINT: we never joined,
+            // nothing to drain).
+            let Ok(mut join_signal) = signal(SignalKind::from_raw(gate::JOIN_SIGNAL)) else {
                 return fail("cannot install signal handlers".into());
             };
             // A supervisor that dies before saying join must not leave us
@@ -130,13 +130,13 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             server::say!("{prefix}: bound, waiting to join; health check on {}", check.addr);
-            if let Err(e) = notify::gate(check.addr) {
+            if let Err(e) = gate.offer(check.addr) {
                 server::say!("{prefix}: warning: NOTIFY_SOCKET: cannot send the gate: {e}");
             }
             let mut join = false;
             let decided = async {
                 join = tokio::select! {
-                    _ = usr2.recv() => true,
+                    _ = join_signal.recv() => true,
                     _ = term.recv() => false,
                     _ = int.recv() => false,
                 };
@@ -159,7 +159,7 @@ fn main() -> ExitCode {
         }
         // The sockets are listening already (bind + listen happened above),
         // so the kernel queues connections from this point on.
-        if let Err(e) = notify::ready() {
+        if let Err(e) = gate::ready() {
             server::say!("{prefix}: warning: NOTIFY_SOCKET: cannot send READY=1: {e}");
         }
         let shutdown = async {
@@ -191,7 +191,7 @@ fn main() -> ExitCode {
                         r.from_queue,
                     );
                     if r.cut > 0 {
-                        if let Err(e) = notify::drain_cut(r.cut) {
+                        if let Err(e) = gate::drain_cut(r.cut) {
                             server::say!("{prefix}: warning: NOTIFY_SOCKET: cannot report the cut: {e}");
                         }
                     }

@@ -217,8 +217,8 @@ fn guest_reloader_none_c32_has_failures() {
 // The strategies without a plug: tcp_migrate_req, and the reloader's own
 // sockets handed to every generation.
 
-/// `migrate` is not zero-loss (1 reset in this 10,000-request run once,
-/// 7 of 560,326 in the soak): it must reload and lose at most 0.1%.
+/// `migrate` is not zero-loss (docs/strategies.md): it must reload and
+/// lose at most 0.1%.
 #[test]
 fn guest_reloader_migrate_c1_loses_at_most_a_tenth_of_a_percent() {
     scenario_with(
@@ -229,9 +229,8 @@ fn guest_reloader_migrate_c1_loses_at_most_a_tenth_of_a_percent() {
 }
 
 /// With `tcp_migrate_req=1` the plug still holds each close: the kernel's
-/// migration alone reset requests in the soak (7 of 560,326 with
-/// `--strategy migrate`, and 1 of 10,000 at c=32 in a bench run), which is
-/// also why there is no zero-failure test of `migrate` at c=32 any more.
+/// migration alone resets requests under load (docs/strategies.md), which
+/// is also why there is no zero-failure test of `migrate` at c=32.
 #[test]
 fn guest_reloader_plug_with_migrate_req_c32_zero_failures() {
     scenario_with(

@@ -74,7 +74,7 @@ pub enum Refusal {
 /// A reload that did not replace the serving generation.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    #[error("reload #{number}: rolled back: {why}; PID {old} keeps serving (held {})", crate::supervisor::opt_ms(*held))]
+    #[error("reload #{number}: rolled back: {why}; PID {old} keeps serving (held {})", crate::logging::opt_ms(*held))]
     RolledBack {
         number: u64,
         pid: u32,

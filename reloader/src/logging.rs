@@ -14,6 +14,21 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
+/// One line for the operator (an event without fields).
+pub fn log(msg: &str) {
+    tracing::info!("{msg}");
+}
+
+/// A duration as the log writes it: `12.3ms`.
+pub fn ms(d: std::time::Duration) -> String {
+    format!("{:.1}ms", d.as_secs_f64() * 1e3)
+}
+
+/// An optional one: `-` when there was none (nothing held).
+pub fn opt_ms(d: Option<std::time::Duration>) -> String {
+    d.map_or("-".into(), ms)
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,

@@ -14,9 +14,11 @@ mod notify;
 mod owner;
 mod privs;
 mod report;
+mod serve;
 mod service;
 mod softnet;
 mod steer;
+mod strategy;
 mod supervisor;
 mod swap;
 
@@ -27,11 +29,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use qdisc::{Classifier, Config, Plug};
-use tokio::signal::unix::{signal, SignalKind};
+use qdisc::Classifier;
 
-use crate::supervisor::{log, Options, Supervisor};
-use crate::swap::{NoSwap, PlugSwap, Swap};
+use crate::logging::log;
+use crate::supervisor::{Options, Supervisor};
 
 /// Replace a SO_REUSEPORT server with a new generation without a failed
 /// request. Needs CAP_NET_ADMIN (`sudo setcap cap_net_admin+ep reloader`),
@@ -192,47 +193,6 @@ enum Strategy {
     None,
 }
 
-/// How often draining generations are looked at between reloads.
-const REAP_EVERY: Duration = Duration::from_millis(50);
-
-/// One line at start: the strategy, and what in this kernel and this
-/// process makes it work (or not).
-fn why_strategy(args: &RunArgs, handoff: Option<&handoff::Handoff>) -> String {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|r| r.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into());
-    let migrate = match kernel::migrate_req() {
-        Ok(true) => "tcp_migrate_req=1",
-        Ok(false) => "tcp_migrate_req=0",
-        Err(_) => "tcp_migrate_req unreadable",
-    };
-    match args.strategy {
-        Strategy::Plug if migrate == "tcp_migrate_req=1" => format!(
-            "strategy plug (kernel {kernel}, CAP_NET_ADMIN, plug tree ready): {migrate}, and each listener close is held anyway, at most {:?}: the kernel's migration alone lost 7 of 560,326 requests in our soak",
-            args.hold_limit
-        ),
-        Strategy::Plug => format!(
-            "strategy plug (kernel {kernel}, CAP_NET_ADMIN, plug tree ready): {migrate}, so each listener close is held, at most {:?}",
-            args.hold_limit
-        ),
-        Strategy::Migrate => format!(
-            "strategy migrate (kernel {kernel}): {migrate} in this network namespace, restored at exit; nothing is held. Not zero-loss under load (7 of 560,326 requests reset in our soak on Linux 6.1): use plug or handoff for that"
-        ),
-        Strategy::Handoff => format!(
-            "strategy handoff (kernel {kernel}): the reloader listens on {} and gives every generation these sockets (LISTEN_FDS, LISTEN_FDNAMES={}); nothing is held, no CAP_NET_ADMIN",
-            handoff.map(|h| h.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
-            handoff.map(|h| h.names()).unwrap_or_default(),
-        ),
-        Strategy::Steer => format!(
-            "strategy steer (kernel {kernel}, program loaded on {} group(s)): each new connection goes to the generation chosen, by a BPF program on the SO_REUSEPORT group; a closing listener's leftovers migrate to it; nothing is held",
-            args.addr.len()
-        ),
-        Strategy::None => format!(
-            "strategy none (kernel {kernel}): no protection; for comparison only"
-        ),
-    }
-}
-
 /// `100ms`, `2s`, `1m 30s` (humantime's syntax).
 /// The signals a server may take as "drain and exit".
 const STOP_SIGNALS: &[(&str, i32)] = &[
@@ -337,84 +297,19 @@ fn main() -> ExitCode {
         }
         Cmd::Run(args) => {
             logging::init(args.log_format);
-            if args.probation.is_some() && args.strategy != Strategy::Steer {
-                eprintln!("reloader: error: --probation needs --strategy steer (only the BPF program can send a share of new connections to the new server)");
-                return ExitCode::from(2);
-            }
-            if let Err(e) = authorize(&args) {
-                eprintln!("reloader: error: {e}");
-                return ExitCode::from(2);
-            }
-            warn_if_open_to_all();
-            // Forked while we have one thread, before any privilege is dropped.
-            let watchdog = match needs_watchdog(&args) {
-                Ok(false) => None,
-                Ok(true) => match qdisc::watchdog::Watchdog::spawn(
-                    plug_devs_of(&args),
-                    args.hold_limit + WATCHDOG_MARGIN,
-                ) {
-                    Ok(w) => Some(w),
-                    Err(e) => {
-                        eprintln!("reloader: error: cannot start the watchdog: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                },
-                Err(e) => {
-                    eprintln!("reloader: error: {e}");
-                    return ExitCode::from(2);
+            let early = match strategy::start(&args) {
+                Ok(early) => early,
+                Err(refused) => {
+                    eprintln!("reloader: error: {}", refused.message);
+                    return ExitCode::from(refused.code);
                 }
             };
-            // Loaded with the capabilities we start with; the maps are then
-            // written through their fds, which needs none.
-            let steer = match args.strategy {
-                Strategy::Steer => match steer::Steer::load(&args.addr) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        eprintln!("reloader: error: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                },
-                _ => None,
-            };
-            // Capability sets are per thread: restrict before the runtime exists.
-            let restricted = match args.strategy {
-                Strategy::Plug => privs::restrict_to(
-                    privs::Capability::CAP_NET_ADMIN,
-                    "plug and release",
-                    &args.server_caps,
-                ),
-                Strategy::Migrate => match swap::MigrateSwap::already_on() {
-                    Ok(true) => privs::drop_all(&args.server_caps),
-                    Ok(false) => privs::restrict_to(
-                        privs::Capability::CAP_NET_ADMIN,
-                        "set net.ipv4.tcp_migrate_req",
-                        &args.server_caps,
-                    ),
-                    Err(e) => Err(e.to_string()),
-                },
-                Strategy::Handoff
-                    if args.addr.iter().any(|a| a.port() < 1024) && !handoff::activated() =>
-                {
-                    privs::restrict_to(
-                        privs::Capability::CAP_NET_BIND_SERVICE,
-                        "listen on a port below 1024",
-                        &args.server_caps,
-                    )
-                }
-                Strategy::Handoff | Strategy::Steer | Strategy::None => {
-                    privs::drop_all(&args.server_caps)
-                }
-            };
-            if let Err(e) = restricted {
-                eprintln!("reloader: error: {e}");
-                return ExitCode::from(2);
-            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
             match rt
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(run(*args, watchdog, steer)))
+                .and_then(|rt| rt.block_on(run(*args, early)))
             {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -446,61 +341,6 @@ fn generate(dir: &std::path::Path) -> std::io::Result<()> {
 /// How long past `--hold-limit` the watchdog waits before it releases a
 /// hold itself: the supervisor releases at the limit; this is the backstop.
 const WATCHDOG_MARGIN: Duration = Duration::from_millis(250);
-
-/// What the policy (`qdisc::policy`) says of this run: the ports and
-/// devices held, the hold's bound, a change of `tcp_migrate_req`.
-fn authorize(args: &RunArgs) -> Result<(), String> {
-    use qdisc::policy;
-    match args.strategy {
-        Strategy::Plug => {
-            let user = policy::Caller::current();
-            if user != policy::Caller::Unrestricted && args.local_hold == LocalHold::Egress {
-                return Err(format!(
-                    "as {}, --local-hold egress is refused: the tree on {}'s root queues every packet it sends; it is root's (the default, ingress, holds only your ports' SYNs)",
-                    user.name(),
-                    args.dev
-                ));
-            }
-            let mut devices: Vec<String> =
-                args.ingress_devs().into_iter().map(String::from).collect();
-            if args.local_hold == LocalHold::Egress {
-                devices.insert(0, args.dev.clone());
-            }
-            policy::authorize_hold(&policy::Hold {
-                ports: &args.ports(),
-                devices: &devices,
-                hold: args.hold_limit,
-                limit: qdisc::DEFAULT_LIMIT,
-            })
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-        }
-        Strategy::Migrate => match swap::MigrateSwap::already_on() {
-            Ok(true) => Ok(()),
-            Ok(false) => policy::authorize_migrate().map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        },
-        Strategy::Handoff | Strategy::Steer | Strategy::None => Ok(()),
-    }
-}
-
-/// The plug strategy, and migrate when it will change the sysctl.
-fn needs_watchdog(args: &RunArgs) -> Result<bool, String> {
-    match args.strategy {
-        Strategy::Plug => Ok(true),
-        Strategy::Migrate => swap::MigrateSwap::already_on()
-            .map(|on| !on)
-            .map_err(|e| e.to_string()),
-        Strategy::Handoff | Strategy::Steer | Strategy::None => Ok(false),
-    }
-}
-
-fn plug_devs_of(args: &RunArgs) -> Vec<String> {
-    match args.strategy {
-        Strategy::Plug => args.plug_devs(),
-        _ => Vec::new(),
-    }
-}
 
 /// A server that listens on a port it was not given (`--addr`) has that
 /// port's listener closed unwatched and unheld at each reload: said at
@@ -606,129 +446,7 @@ impl RunArgs {
     }
 }
 
-/// Makes sure the plug tree is there (setting it up unless told not to) and
-/// releases a plug a killed predecessor may have left buffering.
-fn prepare_plug(args: &RunArgs) -> anyhow::Result<Plug> {
-    let status = qdisc::status(&args.dev)?;
-    if args.no_setup {
-        if !status.complete() {
-            anyhow::bail!(
-                "the plug tree is missing or incomplete on {}: run `qdisc setup --dev {} --port {}`, or drop --no-setup",
-                args.dev, args.dev, args.addr[0].port()
-            );
-        }
-    } else {
-        // Set up, or scope an existing tree to our port: only SYNs to the
-        // served port are held, never the machine's other connections.
-        let classifier = match status.complete() {
-            true => status.classifier().unwrap_or(args.classifier),
-            false => args.classifier,
-        };
-        qdisc::setup(&Config {
-            dev: args.dev.clone(),
-            classifier,
-            port: Some(args.addr[0].port()),
-            ..Config::default()
-        })
-        .context("setting up the plug tree")?;
-        log(&format!(
-            "plug tree on {} holds SYNs to port {} only (classifier {})",
-            args.dev,
-            args.addr[0].port(),
-            classifier.kind()
-        ));
-    }
-    open_released(&args.dev)
-}
-
-/// An egress tree left on `dev` (`qdisc setup`, or an older reloader)
-/// queues every packet `dev` sends: said at start, so the user can remove it.
-fn warn_egress_tree(dev: &str) -> anyhow::Result<()> {
-    let status = qdisc::status(dev)?;
-    if status.root {
-        log(&format!(
-            "warning: an egress plug tree is installed on {dev}: every packet {dev} sends passes its queue (reordered across CPUs on lo and veth); this reloader holds on {dev}'s ingress and does not need it; remove it with `qdisc --dev {dev} teardown`"
-        ));
-        if status.buffering == Some(true) {
-            open_released(dev)?;
-        }
-    }
-    Ok(())
-}
-
-/// Opens the plug on `dev` and releases it: a reloader killed mid-reload
-/// leaves it buffering, and nobody else would.
-fn open_released(dev: &str) -> anyhow::Result<Plug> {
-    let mut plug = Plug::open(dev)?;
-    let was = qdisc::status(dev)?.buffering;
-    plug.release()?;
-    if was == Some(true) {
-        log(&format!(
-            "released a plug left buffering by an earlier reloader ({dev})"
-        ));
-    }
-    Ok(plug)
-}
-
-/// The ingress path of `dev` (an ifb of ours holds the SYNs to our port
-/// that arrive on it), set up unless told not to.
-fn prepare_ingress(args: &RunArgs, dev: &str) -> anyhow::Result<Plug> {
-    let ports = args.ports();
-    if args.no_setup {
-        let s = qdisc::ingress::status(dev, &ports)?;
-        let flags: Vec<String> = ports.iter().map(|p| format!("--port {p}")).collect();
-        anyhow::ensure!(
-            s.complete(),
-            "the ingress path is missing or incomplete on {dev}: run `qdisc --dev {dev} --ingress setup {}`, or drop --no-setup",
-            flags.join(" ")
-        );
-    } else {
-        qdisc::ingress::setup(&qdisc::IngressConfig {
-            dev: dev.to_owned(),
-            ports: ports.clone(),
-            limit: qdisc::DEFAULT_LIMIT,
-            force: args.force,
-        })
-        .with_context(|| format!("setting up the ingress path on {dev}"))?;
-        let which = match ports.as_slice() {
-            [p] => format!("port {p}"),
-            many => format!("ports {many:?}"),
-        };
-        log(&format!(
-            "ingress path on {dev} holds SYNs to {which} only (u32 redirect to {})",
-            args.ifb_of(dev)
-        ));
-    }
-    open_released(&args.ifb_of(dev))
-}
-
-/// The handoff strategy's sockets: those our own supervisor passed us
-/// (socket activation), which must include `--addr`'s first address (the
-/// watched port, the check), or else ours, bound now.
-fn handoff_sockets(addrs: &[SocketAddr]) -> anyhow::Result<handoff::Handoff> {
-    match handoff::Handoff::inherited().context("the sockets passed by systemd")? {
-        Some(h) => {
-            anyhow::ensure!(
-                h.addrs.contains(&addrs[0]),
-                "systemd passed sockets on {:?}, but --addr {} is not among them: give --addr one of those",
-                h.addrs,
-                addrs[0]
-            );
-            log(&format!(
-                "handoff: serving the sockets systemd passed (LISTEN_FDS): {:?}",
-                h.addrs
-            ));
-            Ok(h)
-        }
-        None => handoff::Handoff::open(addrs, 4096).context("opening the handed-over sockets"),
-    }
-}
-
-async fn run(
-    args: RunArgs,
-    watchdog: Option<qdisc::watchdog::Watchdog>,
-    steer: Option<steer::Steer>,
-) -> anyhow::Result<()> {
+async fn run(args: RunArgs, early: strategy::Early) -> anyhow::Result<()> {
     // A generation's processes whose parent exits (a launcher's child, a
     // daemon's fork) are reparented to us, not to init: they stay ours to
     // track, stop and reap (see `generation`).
@@ -736,46 +454,12 @@ async fn run(
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
         return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_CHILD_SUBREAPER)");
     }
-    let mut _owners = Vec::new();
-    let swap: Box<dyn Swap> = match args.strategy {
-        Strategy::Plug => {
-            let mut plugs = Vec::new();
-            if args.local_hold == LocalHold::Egress {
-                anyhow::ensure!(
-                    args.ports().len() == 1,
-                    "--local-hold egress holds one port (the tree's filter); drop it to hold ports {:?} on {}'s ingress",
-                    args.ports(),
-                    args.dev
-                );
-                _owners.push(owner::take(&args.dev, args.addr[0].port())?);
-                plugs.push(prepare_plug(&args)?);
-            } else {
-                warn_egress_tree(&args.dev)?;
-            }
-            for dev in args.ingress_devs() {
-                _owners.push(owner::take(&args.ifb_of(dev), args.addr[0].port())?);
-                plugs.push(prepare_ingress(&args, dev)?);
-            }
-            Box::new(PlugSwap::new(plugs, watchdog))
-        }
-        Strategy::Migrate => Box::new(swap::MigrateSwap::enable(watchdog)?),
-        Strategy::Handoff => Box::new(swap::HandoffSwap),
-        Strategy::Steer => Box::new(swap::SteerSwap(steer.expect("loaded in main"))),
-        Strategy::None => Box::new(NoSwap),
-    };
-    let handoff = match args.strategy {
-        Strategy::Handoff => Some(handoff_sockets(&args.addr)?),
-        _ => None,
-    };
+    let prepared = strategy::prepare(&args, early)?;
     let check = match &args.health {
         Some(check) => check.clone(),
         None => health::Check::Pid(args.addr[0]),
     };
-    let plug_devs = match args.strategy {
-        Strategy::Plug => args.plug_devs(),
-        _ => Vec::new(),
-    };
-    let report = report::Report::new(swap.name(), plug_devs);
+    let report = report::Report::new(prepared.swap.name(), prepared.plug_devs.clone());
     if let Some(addr) = args.metrics {
         let bound = metrics::serve(addr, report.clone())
             .with_context(|| format!("metrics endpoint {addr}"))?;
@@ -785,7 +469,7 @@ async fn run(
         Some(p) => p,
         None => control::default_path().context("the control socket (or pass --control PATH)")?,
     };
-    let mut requests = control::serve(&control_path, report.clone())
+    let requests = control::serve(&control_path, report.clone())
         .with_context(|| format!("control socket {}", control_path.display()))?;
     let notify_path = PathBuf::from(format!("{}.notify", control_path.display()));
     let on_cut = {
@@ -802,17 +486,11 @@ async fn run(
     };
     let notify = notify::Notify::bind(&notify_path, on_cut)
         .with_context(|| format!("notify socket {}", notify_path.display()))?;
+    let triggers = serve::Triggers::new(requests, args.every)?;
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-
-    log(&why_strategy(&args, handoff.as_ref()));
-    if args.strategy == Strategy::Plug && softnet::backlogs()?.is_none() {
-        log("fallback: this kernel's /proc/net/softnet_stat has no backlog column (before 5.10): each hold waits a fixed 5 ms for SYNs still in a CPU's backlog");
-    }
+    log(&strategy::describe(&args, prepared.handoff.as_ref()));
     let opts = Options {
-        handoff,
+        handoff: prepared.handoff,
         ports: args.ports(),
         check,
         ready_timeout: args.ready_timeout,
@@ -821,17 +499,9 @@ async fn run(
         probation: args.probation.map(|d| (d, args.canary.unwrap_or(10) * 100)),
         stop_signal: args.stop_signal,
     };
-    let ifbs: Vec<String> = match args.strategy {
-        Strategy::Plug => args
-            .ingress_devs()
-            .into_iter()
-            .map(|d| args.ifb_of(d))
-            .collect(),
-        _ => Vec::new(),
-    };
-    let kernel = Box::new(kernel::Real::open(&ifbs)?);
+    let kernel = Box::new(kernel::Real::open(&prepared.ifbs)?);
     let spawn = Box::new(kernel::Argv(args.command.clone()));
-    let mut sup = Supervisor::start(opts, swap, kernel, spawn, notify).await?;
+    let mut sup = Supervisor::start(opts, prepared.swap, kernel, spawn, notify).await?;
     report.serving(&sup.current);
     warn_unwatched_ports(&sup.current, &args.ports());
     service::ready(&format!("serving: PID {}", sup.current.pid));
@@ -840,80 +510,17 @@ async fn run(
         args.strategy,
         control_path.display()
     ));
-    let mut every = args.every.map(|d| Box::pin(tokio::time::sleep(d)));
-    let (mut ok, mut failed) = (0u64, 0u64);
-    let result = loop {
-        let reply = tokio::select! {
-            _ = term.recv() => break Ok(()),
-            _ = int.recv() => break Ok(()),
-            status = sup.current.wait() => {
-                break Err(anyhow::anyhow!("server PID {} exited on its own ({})", sup.current.pid,
-                    status.map_or("unknown status".into(), |s| s.to_string())));
-            }
-            _ = tokio::time::sleep(REAP_EVERY), if sup.needs_tending() => {
-                sup.reap().await;
-                report.sigkilled(sup.sigkills, sup.cut_by_sigkill);
-                continue;
-            }
-            _ = hup.recv() => None,
-            Some(reply) = requests.recv() => Some(reply),
-            _ = async { every.as_mut().unwrap().as_mut().await }, if every.is_some() => None,
-        };
-        // SIGTERM/SIGINT end a reload half-way: `shutdown` stops whatever it
-        // started and releases the plug.
-        service::reloading();
-        let outcome = tokio::select! {
-            outcome = sup.reload() => outcome,
-            _ = term.recv() => break Ok(()),
-            _ = int.recv() => break Ok(()),
-        };
-        if let (Some(sleep), Some(d)) = (every.as_mut(), args.every) {
-            sleep.as_mut().reset(tokio::time::Instant::now() + d);
-        }
-        report.sigkilled(sup.sigkills, sup.cut_by_sigkill);
-        match &outcome {
-            Ok(r) => {
-                ok += 1;
-                let held_ms = r.held.map(|d| d.as_secs_f64() * 1e3);
-                tracing::info!(
-                    event = "reload",
-                    number = r.number,
-                    outcome = "ok",
-                    old_pid = r.old_pid,
-                    new_pid = r.new_pid,
-                    up_ms = r.up.as_secs_f64() * 1e3,
-                    held_ms,
-                    total_ms = r.total.as_secs_f64() * 1e3,
-                    strategy = r.strategy,
-                    "{r}"
-                );
-                report.reloaded(r, &sup.current);
-                service::ready(&format!("serving: PID {}; last reload ok", sup.current.pid));
-            }
-            Err(e) => {
-                failed += 1;
-                let (number, outcome) = match e {
-                    error::ReloadError::RolledBack { number, .. } => (*number, "rolled back"),
-                    error::ReloadError::Failed { number, .. } => (*number, "failed"),
-                };
-                tracing::warn!(event = "reload", number, outcome, "{e}");
-                report.not_reloaded(e);
-                service::ready(&format!(
-                    "serving: PID {}; last reload failed: {e}",
-                    sup.current.pid
-                ));
-            }
-        }
-        if let Some(reply) = reply {
-            let _ = reply.send(outcome.map(|r| r.to_string()).map_err(|e| e.to_string()));
-        }
-    };
+    let result = sup.serve(triggers, &report).await;
     service::stopping();
     sup.shutdown().await;
     let _ = std::fs::remove_file(&control_path);
     let _ = std::fs::remove_file(&notify_path);
+    let counts = report.counts();
     log(&format!(
-        "exit: {ok} reloads succeeded, {failed} rolled back"
+        "exit: {} reloads succeeded, {} rolled back",
+        counts.ok,
+        counts.rolled_back + counts.failed
     ));
+    drop(prepared.owners);
     result
 }

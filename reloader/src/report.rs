@@ -245,6 +245,12 @@ impl Report {
         });
     }
 
+    /// The reloads so far, by outcome: the one tally (status, metrics and
+    /// the exit line read it).
+    pub fn counts(&self) -> Counts {
+        self.state.lock().expect("report lock").reloads.clone()
+    }
+
     /// A reload did not replace the serving generation.
     pub fn not_reloaded(&self, e: &crate::error::ReloadError) {
         use crate::error::ReloadError;

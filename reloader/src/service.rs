@@ -11,7 +11,7 @@ use sd_notify::NotifyState;
 
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
-        crate::supervisor::log(&format!("warning: NOTIFY_SOCKET: {e}"));
+        crate::logging::log(&format!("warning: NOTIFY_SOCKET: {e}"));
     }
 }
 

@@ -30,6 +30,7 @@ use crate::error::{Error, Refusal, ReloadError};
 use crate::generation::Generation;
 use crate::health::Check;
 use crate::kernel::{Kernel, Spawn};
+use crate::logging::{log, ms, opt_ms};
 use crate::notify::Notify;
 use crate::swap::{AtClose, Swap};
 use gate::Message;
@@ -164,19 +165,6 @@ impl std::fmt::Display for Reloaded {
         }
         Ok(())
     }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}ms", d.as_secs_f64() * 1e3)
-}
-
-pub fn opt_ms(d: Option<Duration>) -> String {
-    d.map_or("-".into(), ms)
-}
-
-/// One line for the operator (an event without fields; see `logging`).
-pub fn log(msg: &str) {
-    tracing::info!("{msg}");
 }
 
 impl Ctx {

@@ -17,8 +17,10 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,43 +30,33 @@ use tokio::process::{Child, Command};
 
 use crate::handoff::Handoff;
 
-enum Proc {
-    Child(Child),
-    /// Not our child: its pidfd (readable once it has exited).
-    Adopted(AsyncFd<OwnedFd>),
-    /// A process played by a unit test (see `Script`).
-    #[cfg(test)]
-    Scripted(std::sync::Arc<std::sync::Mutex<Script>>),
+/// What a generation runs on: its process (or group), as the reloader
+/// needs it. Two real ones, [`Group`] (a child we started, with its
+/// process group) and [`Adopted`] (an orphan, by pidfd); the supervisor's
+/// unit tests bring a scripted one.
+pub trait Process: Send {
+    /// Sends `sig` to the whole generation (`group`) or its leader alone.
+    fn send(&mut self, sig: i32, group: bool);
+    /// How it ended, once every process of it has exited.
+    fn exited(&mut self) -> Option<Exit>;
+    /// Waits until it has exited.
+    fn wait(&mut self) -> Pin<Box<dyn Future<Output = Option<Exit>> + Send + '_>>;
+    /// Its live processes: the leader, then the other members.
+    fn members(&self) -> Vec<u32>;
+    /// The socket inodes among its open files. One that has exited owns none.
+    fn sockets(&self) -> std::io::Result<BTreeSet<u32>>;
 }
 
-/// A fake process for the supervisor's unit tests: what it owns, the
-/// signals it got, and when it exits.
-#[cfg(test)]
-#[derive(Debug, Default)]
-pub struct Script {
-    pub sockets: BTreeSet<u32>,
-    /// Its wait status once it has exited (`exit(3)` code).
-    pub exit_code: Option<i32>,
-    pub signals: Vec<i32>,
-    /// It exits (code 0, its sockets closed) on this signal; SIGKILL always.
-    pub exits_on: Option<i32>,
+/// A child we started, leading a process group of its own.
+struct Group {
+    pid: u32,
+    child: Child,
 }
 
-#[cfg(test)]
-impl Generation {
-    pub fn scripted(
-        number: u64,
-        pid: u32,
-        script: std::sync::Arc<std::sync::Mutex<Script>>,
-    ) -> Generation {
-        Generation {
-            number,
-            pid,
-            proc: Proc::Scripted(script),
-            listeners: BTreeSet::new(),
-            stopping_since: None,
-        }
-    }
+/// Not our child: its pidfd (readable once it has exited).
+struct Adopted {
+    pid: u32,
+    fd: AsyncFd<OwnedFd>,
 }
 
 /// How a generation ended.
@@ -87,7 +79,7 @@ impl fmt::Display for Exit {
 pub struct Generation {
     pub number: u64,
     pub pid: u32,
-    proc: Proc,
+    proc: Box<dyn Process>,
     /// Inodes of its listening sockets on the served port (sock_diag ∩ its fds).
     pub listeners: BTreeSet<u32>,
     /// When it was told to stop (for the drain deadline).
@@ -95,6 +87,18 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// A generation of `pid` running on `proc` (a unit test's scripted one).
+    #[cfg(test)]
+    pub fn on(number: u64, pid: u32, proc: Box<dyn Process>) -> Generation {
+        Generation {
+            number,
+            pid,
+            proc,
+            listeners: BTreeSet::new(),
+            stopping_since: None,
+        }
+    }
+
     /// Starts `argv` directly (no shell), with `NOTIFY_SOCKET` set, and
     /// either the join gate offered or (`handoff`) our listening sockets
     /// handed over through the `exec-listen` trampoline.
@@ -128,7 +132,7 @@ impl Generation {
         Ok(Generation {
             number,
             pid,
-            proc: Proc::Child(child),
+            proc: Box::new(Group { pid, child }),
             listeners: BTreeSet::new(),
             stopping_since: None,
         })
@@ -147,11 +151,12 @@ impl Generation {
         Ok(Generation {
             number,
             pid,
-            // SAFETY: `owned` is a valid pidfd that the AsyncFd owns from now on.
-            proc: Proc::Adopted(
-                unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
+            proc: Box::new(Adopted {
+                pid,
+                // SAFETY: `owned` is a valid pidfd that the AsyncFd owns from now on.
+                fd: unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
                     .map_err(|e| std::io::Error::other(e.to_string()))?,
-            ),
+            }),
             listeners,
             stopping_since: None,
         })
@@ -160,55 +165,7 @@ impl Generation {
     /// Sends `sig` to the generation if it is still ours to signal (a
     /// child's whole process group while it has a member).
     pub fn signal(&mut self, sig: i32) {
-        self.send(sig, true);
-    }
-
-    /// `group`: a child's whole process group, else its leader alone.
-    fn send(&mut self, sig: i32, group: bool) {
-        match &mut self.proc {
-            Proc::Child(child) => {
-                let leader_alive = matches!(child.try_wait(), Ok(None));
-                if group && (leader_alive || !group_members(self.pid).is_empty()) {
-                    // SAFETY: kill(2) on the process group we created: its ID
-                    // stays reserved while the leader is unreaped or any
-                    // member exists, both just seen.
-                    if unsafe { libc::kill(-(self.pid as libc::pid_t), sig) } != 0 {
-                        let e = std::io::Error::last_os_error();
-                        tracing::warn!(
-                            event = "signal_failed",
-                            pid = self.pid,
-                            "cannot signal every process of PID {}'s group ({e}): one runs as another user; run the reloader as root with --server-caps, which keeps CAP_KILL for this",
-                            self.pid
-                        );
-                    }
-                } else if leader_alive {
-                    // SAFETY: kill(2) on our own unreaped child.
-                    unsafe { libc::kill(self.pid as libc::pid_t, sig) };
-                }
-            }
-            #[cfg(test)]
-            Proc::Scripted(s) => {
-                let mut s = s.lock().unwrap();
-                s.signals.push(sig);
-                if s.exit_code.is_none() && (sig == libc::SIGKILL || s.exits_on == Some(sig)) {
-                    s.exit_code = Some(0);
-                    s.sockets.clear();
-                }
-            }
-            Proc::Adopted(fd) => {
-                // SAFETY: pidfd_send_signal on our pidfd; the kernel refuses
-                // (ESRCH) once the process has exited, never hits another.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        fd.get_ref().as_raw_fd(),
-                        sig,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0,
-                    )
-                };
-            }
-        }
+        self.proc.send(sig, true);
     }
 
     /// SIGTERM, remembering when (the drain deadline counts from here).
@@ -220,96 +177,25 @@ impl Generation {
     /// Whether it has exited: every member of a child's group (reaping
     /// them; the leader's status is the one kept).
     pub fn exited(&mut self) -> Option<Exit> {
-        match &mut self.proc {
-            Proc::Child(child) => {
-                let status = child.try_wait().ok().flatten()?;
-                match group_members(self.pid).is_empty() {
-                    true => Some(Exit::Status(status)),
-                    false => None,
-                }
-            }
-            Proc::Adopted(fd) => {
-                let mut p = libc::pollfd {
-                    fd: fd.get_ref().as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: poll on one valid pollfd, no wait.
-                let n = unsafe { libc::poll(&mut p, 1, 0) };
-                (n > 0).then_some(Exit::Gone)
-            }
-            #[cfg(test)]
-            Proc::Scripted(s) => s.lock().unwrap().exit_code.map(|c| {
-                use std::os::unix::process::ExitStatusExt;
-                Exit::Status(ExitStatus::from_raw(c << 8))
-            }),
-        }
+        self.proc.exited()
     }
 
     /// Waits until it has exited.
     pub async fn wait(&mut self) -> Option<Exit> {
-        match &mut self.proc {
-            Proc::Child(child) => {
-                let status = child.wait().await.ok().map(Exit::Status);
-                // Members that outlive the leader are polled: they are not
-                // our children until their parent exits, so no wait(2) sees
-                // them all.
-                while !group_members(self.pid).is_empty() {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                status
-            }
-            Proc::Adopted(fd) => {
-                // A pidfd becomes readable when its process exits.
-                let _ = fd.readable().await.map(|mut g| g.retain_ready());
-                Some(Exit::Gone)
-            }
-            #[cfg(test)]
-            Proc::Scripted(_) => loop {
-                if let Some(e) = self.exited() {
-                    return Some(e);
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            },
-        }
+        self.proc.wait().await
     }
 
     /// The socket inodes among its open files (`/proc/PID/fd` of the
     /// leader and, for a child, of every member of its group). A process
     /// that has exited owns none.
     pub fn sockets(&self) -> std::io::Result<BTreeSet<u32>> {
-        #[cfg(test)]
-        if let Proc::Scripted(s) = &self.proc {
-            return Ok(s.lock().unwrap().sockets.clone());
-        }
-        let mut all = owned_sockets(self.pid)?;
-        if let Proc::Child(_) = self.proc {
-            for pid in group_members(self.pid) {
-                match owned_sockets(pid) {
-                    _ if pid == self.pid => {}
-                    Ok(s) => all.extend(s),
-                    // A member that switched to another user (nginx's
-                    // workers) hides its fds from us; its parent, which
-                    // made the sockets, still holds them.
-                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(all)
+        self.proc.sockets()
     }
 
     /// Where its processes hold each of `inodes`: one (PID, fd) per socket
     /// (the first member found holding it), for `pidfd_getfd`.
     pub fn fds_of(&self, inodes: &BTreeSet<u32>) -> std::io::Result<Vec<(u32, i32)>> {
-        let mut pids = vec![self.pid];
-        if let Proc::Child(_) = self.proc {
-            pids.extend(
-                group_members(self.pid)
-                    .into_iter()
-                    .filter(|p| *p != self.pid),
-            );
-        }
+        let pids = self.proc.members();
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
         for pid in pids {
@@ -333,8 +219,8 @@ impl Generation {
     /// a child's group), not the whole generation.
     pub fn signal_member(&mut self, pid: u32, sig: i32) {
         if pid == self.pid {
-            self.send(sig, false);
-        } else if matches!(self.proc, Proc::Child(_)) && group_members(self.pid).contains(&pid) {
+            self.proc.send(sig, false);
+        } else if self.proc.members().contains(&pid) {
             // SAFETY: kill(2) on a live member of our own process group,
             // just seen among our descendants.
             unsafe { libc::kill(pid as libc::pid_t, sig) };
@@ -344,8 +230,7 @@ impl Generation {
     /// Whether `pid` is of this generation (its leader, or a member of a
     /// child's group): whose `READY=1` counts.
     pub fn has(&self, pid: u32) -> bool {
-        pid == self.pid
-            || (matches!(self.proc, Proc::Child(_)) && process_group(pid) == Some(self.pid))
+        pid == self.pid || self.proc.members().contains(&pid)
     }
 
     /// Waits for it to exit; SIGKILL at `deadline`. Returns the status and
@@ -358,6 +243,117 @@ impl Generation {
                 (self.wait().await, true)
             }
         }
+    }
+}
+
+impl Process for Group {
+    fn send(&mut self, sig: i32, group: bool) {
+        let leader_alive = matches!(self.child.try_wait(), Ok(None));
+        if group && (leader_alive || !group_members(self.pid).is_empty()) {
+            // SAFETY: kill(2) on the process group we created: its ID
+            // stays reserved while the leader is unreaped or any member
+            // exists, both just seen.
+            if unsafe { libc::kill(-(self.pid as libc::pid_t), sig) } != 0 {
+                let e = std::io::Error::last_os_error();
+                tracing::warn!(
+                    event = "signal_failed",
+                    pid = self.pid,
+                    "cannot signal every process of PID {}'s group ({e}): one runs as another user; run the reloader as root with --server-caps, which keeps CAP_KILL for this",
+                    self.pid
+                );
+            }
+        } else if leader_alive {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(self.pid as libc::pid_t, sig) };
+        }
+    }
+
+    fn exited(&mut self) -> Option<Exit> {
+        let status = self.child.try_wait().ok().flatten()?;
+        group_members(self.pid)
+            .is_empty()
+            .then_some(Exit::Status(status))
+    }
+
+    fn wait(&mut self) -> Pin<Box<dyn Future<Output = Option<Exit>> + Send + '_>> {
+        Box::pin(async move {
+            let status = self.child.wait().await.ok().map(Exit::Status);
+            // Members that outlive the leader are polled: they are not our
+            // children until their parent exits, so no wait(2) sees them all.
+            while !group_members(self.pid).is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            status
+        })
+    }
+
+    fn members(&self) -> Vec<u32> {
+        let mut pids = vec![self.pid];
+        pids.extend(
+            group_members(self.pid)
+                .into_iter()
+                .filter(|p| *p != self.pid),
+        );
+        pids
+    }
+
+    fn sockets(&self) -> std::io::Result<BTreeSet<u32>> {
+        let mut all = owned_sockets(self.pid)?;
+        for pid in group_members(self.pid) {
+            match owned_sockets(pid) {
+                _ if pid == self.pid => {}
+                Ok(s) => all.extend(s),
+                // A member that switched to another user (nginx's workers)
+                // hides its fds from us; its parent, which made the
+                // sockets, still holds them.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(all)
+    }
+}
+
+impl Process for Adopted {
+    fn send(&mut self, sig: i32, _group: bool) {
+        // SAFETY: pidfd_send_signal on our pidfd; the kernel refuses (ESRCH)
+        // once the process has exited, never hits another.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.get_ref().as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+
+    fn exited(&mut self) -> Option<Exit> {
+        let mut p = libc::pollfd {
+            fd: self.fd.get_ref().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid pollfd, no wait.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        (n > 0).then_some(Exit::Gone)
+    }
+
+    fn wait(&mut self) -> Pin<Box<dyn Future<Output = Option<Exit>> + Send + '_>> {
+        Box::pin(async move {
+            // A pidfd becomes readable when its process exits.
+            let _ = self.fd.readable().await.map(|mut g| g.retain_ready());
+            Some(Exit::Gone)
+        })
+    }
+
+    fn members(&self) -> Vec<u32> {
+        vec![self.pid]
+    }
+
+    fn sockets(&self) -> std::io::Result<BTreeSet<u32>> {
+        owned_sockets(self.pid)
     }
 }
 
@@ -424,10 +420,6 @@ fn stat_state_group(pid: u32) -> Option<(char, u32)> {
     let state = f.next()?.chars().next()?;
     let _ppid = f.next()?;
     Some((state, f.next()?.parse().ok()?))
-}
-
-fn process_group(pid: u32) -> Option<u32> {
-    stat_state_group(pid).map(|(_, g)| g)
 }
 
 /// Socket inodes open in process `pid`, read from `/proc/PID/fd` links

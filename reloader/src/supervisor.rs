@@ -989,10 +989,63 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generation::Script;
+    use crate::generation::{Exit, Process};
     use crate::health::{Failed, Scripted};
     use crate::listeners::DiagError;
     use std::sync::{Arc, Mutex};
+
+    /// A fake process: what it owns, the signals it got, and when it exits.
+    #[derive(Debug, Default)]
+    struct Script {
+        sockets: BTreeSet<u32>,
+        /// Its wait status once it has exited (`exit(3)` code).
+        exit_code: Option<i32>,
+        signals: Vec<i32>,
+        /// It exits (code 0, its sockets closed) on this signal; SIGKILL always.
+        exits_on: Option<i32>,
+    }
+
+    /// A generation's process, played by its script.
+    struct Played(u32, Arc<Mutex<Script>>);
+
+    impl Process for Played {
+        fn send(&mut self, sig: i32, _group: bool) {
+            let mut s = self.1.lock().unwrap();
+            s.signals.push(sig);
+            if s.exit_code.is_none() && (sig == libc::SIGKILL || s.exits_on == Some(sig)) {
+                s.exit_code = Some(0);
+                s.sockets.clear();
+            }
+        }
+        fn exited(&mut self) -> Option<Exit> {
+            use std::os::unix::process::ExitStatusExt;
+            let code = self.1.lock().unwrap().exit_code?;
+            Some(Exit::Status(std::process::ExitStatus::from_raw(code << 8)))
+        }
+        fn wait(
+            &mut self,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Exit>> + Send + '_>>
+        {
+            Box::pin(async move {
+                loop {
+                    if let Some(e) = self.exited() {
+                        return Some(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        }
+        fn members(&self) -> Vec<u32> {
+            vec![self.0]
+        }
+        fn sockets(&self) -> std::io::Result<BTreeSet<u32>> {
+            Ok(self.1.lock().unwrap().sockets.clone())
+        }
+    }
+
+    fn scripted(number: u64, pid: u32, script: Arc<Mutex<Script>>) -> Generation {
+        Generation::on(number, pid, Box::new(Played(pid, script)))
+    }
 
     /// What the fakes share; the test sets it and reads it back.
     #[derive(Default)]
@@ -1072,7 +1125,7 @@ mod tests {
             let script = Arc::new(Mutex::new(w.next.take().expect("a scripted generation")));
             let pid = 1000 + number as u32;
             w.procs.push((pid, script.clone()));
-            Ok(Generation::scripted(number, pid, script))
+            Ok(scripted(number, pid, script))
         }
     }
 
@@ -1165,7 +1218,7 @@ mod tests {
                 },
                 others: BTreeSet::new(),
             },
-            current: Generation::scripted(1, 1001, first),
+            current: scripted(1, 1001, first),
             pending: None,
             retiring: Vec::new(),
             next: 2,

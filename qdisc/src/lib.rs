@@ -13,6 +13,7 @@
 //! - [`policy`]: who may hold what when run by a file capability (`/etc/reloader/policy.toml`).
 //! - `state`: where "the plug is buffering" is recorded (the kernel does not say).
 
+#[cfg(feature = "bench")]
 pub mod bench;
 mod control;
 pub mod error;

@@ -67,11 +67,22 @@ fn systemd_scenario(name: &str, timeout: Duration) {
 }
 
 fn run_scenario(boot: &[&str], name: &str, args: &[&str], timeout: Duration) {
+    run_scenario_with_files(boot, name, args, &[], timeout)
+}
+
+/// The same with host files at `/extra/<name>` in the guest.
+fn run_scenario_with_files(
+    boot: &[&str],
+    name: &str,
+    args: &[&str],
+    files: &[(&str, &std::path::Path)],
+    timeout: Duration,
+) {
     let path = format!("/scenarios/{name}.sh");
     let mut command = boot.to_vec();
     command.extend(["sh", path.as_str()]);
     command.extend_from_slice(args);
-    let Some((result, _)) = in_guest(&command, timeout) else {
+    let Some((result, _)) = in_guest_with(&command, files, timeout) else {
         return;
     };
     match result {
@@ -354,18 +365,14 @@ fn guest_systemd_install_steps_run_as_written() {
 #[test]
 fn guest_package_installs_and_quick_start_runs_as_written() {
     let deb = xtask::dist::dist().expect("cargo xtask dist");
-    let command = ["--systemd", "sh", "/scenarios/package.sh"];
     let files = [("reuse-port-reload.deb", deb.as_path())];
-    let Some((result, _)) = in_guest_with(&command, &files, Duration::from_secs(900)) else {
-        return;
-    };
-    match result {
-        Ok(0) => {}
-        Ok(code) => {
-            panic!("scenario package failed in the guest with exit status {code} (console above)")
-        }
-        Err(e) => panic!("scenario package: {e:#} (console above)"),
-    }
+    run_scenario_with_files(
+        &["--systemd"],
+        "package",
+        &[],
+        &files,
+        Duration::from_secs(900),
+    );
 }
 
 /// The VM has no network card: nothing a test does can leave it.

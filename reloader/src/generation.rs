@@ -43,6 +43,8 @@ pub trait Process: Send {
     fn wait(&mut self) -> Pin<Box<dyn Future<Output = Option<Exit>> + Send + '_>>;
     /// Its live processes: the leader, then the other members.
     fn members(&self) -> Vec<u32>;
+    /// Whether `pid` is one of its processes (one look, no walk).
+    fn has(&self, pid: u32) -> bool;
     /// The socket inodes among its open files. One that has exited owns none.
     fn sockets(&self) -> std::io::Result<BTreeSet<u32>>;
 }
@@ -230,7 +232,7 @@ impl Generation {
     /// Whether `pid` is of this generation (its leader, or a member of a
     /// child's group): whose `READY=1` counts.
     pub fn has(&self, pid: u32) -> bool {
-        pid == self.pid || self.proc.members().contains(&pid)
+        self.proc.has(pid)
     }
 
     /// Waits for it to exit; SIGKILL at `deadline`. Returns the status and
@@ -297,6 +299,10 @@ impl Process for Group {
         pids
     }
 
+    fn has(&self, pid: u32) -> bool {
+        pid == self.pid || stat_state_group(pid).is_some_and(|(_, g)| g == self.pid)
+    }
+
     fn sockets(&self) -> std::io::Result<BTreeSet<u32>> {
         let mut all = owned_sockets(self.pid)?;
         for pid in group_members(self.pid) {
@@ -350,6 +356,10 @@ impl Process for Adopted {
 
     fn members(&self) -> Vec<u32> {
         vec![self.pid]
+    }
+
+    fn has(&self, pid: u32) -> bool {
+        pid == self.pid
     }
 
     fn sockets(&self) -> std::io::Result<BTreeSet<u32>> {

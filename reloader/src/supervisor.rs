@@ -1038,6 +1038,9 @@ mod tests {
         fn members(&self) -> Vec<u32> {
             vec![self.0]
         }
+        fn has(&self, pid: u32) -> bool {
+            pid == self.0
+        }
         fn sockets(&self) -> std::io::Result<BTreeSet<u32>> {
             Ok(self.1.lock().unwrap().sockets.clone())
         }

@@ -2,7 +2,7 @@
 //! what one toggle costs the kernel and the socket alone. Not for products.
 
 use crate::error::{Object, Result};
-use crate::socket::Socket;
+use crate::socket::{Request, Socket};
 use crate::tc::plug::{self, Action};
 use crate::tc::{self, pfifo, TC_H_ROOT};
 use crate::tree::{PLUG, PLUG_CLASS};
@@ -23,10 +23,11 @@ impl RawToggle {
     /// `plug block` then `plug release_indefinite` on our plug `40:`.
     pub fn plug_pair(&mut self) -> Result<()> {
         for a in [Action::Buffer, Action::ReleaseIndefinite] {
-            self.rt
-                .request(plug::action(self.ifindex, PLUG, PLUG_CLASS, a), &|| {
-                    ("toggle the plug".into(), Object::Other)
-                })?;
+            self.rt.request(Request::new(
+                plug::action(self.ifindex, PLUG, PLUG_CLASS, a),
+                Object::Other,
+                format_args!("toggle the plug"),
+            ))?;
         }
         Ok(())
     }
@@ -35,10 +36,11 @@ impl RawToggle {
     /// comparable change).
     pub fn pfifo_setup(&mut self) -> Result<()> {
         let root = tc::handle(1, 0);
-        self.rt
-            .request(pfifo::add(self.ifindex, root, TC_H_ROOT, 1000), &|| {
-                ("add a pfifo root".into(), Object::Qdisc(pfifo::KIND))
-            })
+        self.rt.request(Request::new(
+            pfifo::add(self.ifindex, root, TC_H_ROOT, 1000),
+            Object::Qdisc(pfifo::KIND),
+            format_args!("add a pfifo root"),
+        ))
     }
 
     /// Changes that pfifo's limit to 999 and back.
@@ -52,8 +54,11 @@ impl RawToggle {
                 pfifo::KIND,
                 Some(limit.to_ne_bytes().to_vec()),
             );
-            self.rt
-                .request(m, &|| ("change the pfifo".into(), Object::Other))?;
+            self.rt.request(Request::new(
+                m,
+                Object::Other,
+                format_args!("change the pfifo"),
+            ))?;
         }
         Ok(())
     }

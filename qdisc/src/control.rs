@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Object, Result};
-use crate::socket::Socket;
+use crate::socket::{Request, Socket};
 use crate::tc::plug::{self, Action};
 use crate::tree::{PLUG, PLUG_CLASS};
 
@@ -46,13 +46,11 @@ impl Plug {
             Action::ReleaseOne => "release-one",
             _ => "release",
         };
-        self.rt
-            .request(plug::action(ifindex, PLUG, PLUG_CLASS, action), &|| {
-                (
-                    format!("{what} the plug 40: on {dev}"),
-                    Object::Existing(plug::KIND),
-                )
-            })
+        self.rt.request(Request::new(
+            plug::action(ifindex, PLUG, PLUG_CLASS, action),
+            Object::Existing(plug::KIND),
+            format_args!("{what} the plug 40: on {dev}"),
+        ))
     }
 
     /// Starts holding every packet that reaches band 4 (new-connection

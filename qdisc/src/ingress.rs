@@ -28,7 +28,7 @@ use crate::error::{Error, Object, Result};
 use crate::link;
 use crate::nft::Family;
 use crate::owner::{self, Record};
-use crate::socket::Socket;
+use crate::socket::{Request, Socket};
 use crate::sys;
 use crate::tc::{self, ingress, u32, TcObject, ETH_P_IP, ETH_P_IPV6};
 use crate::tree::{self, Classifier, Config, MarkRule, Sources};
@@ -80,7 +80,11 @@ struct Present {
 impl Present {
     fn read(rt: &mut Socket, dev: &str, ifindex: i32, ifb_name: &str) -> Result<Present> {
         let ifb = sys::ifindex(ifb_name).ok();
-        let links = rt.dump(link::dump(), &|| ("list links".into(), Object::Other))?;
+        let links = rt.dump(Request::new(
+            link::dump(),
+            Object::Other,
+            format_args!("list links"),
+        ))?;
         let mut own = None;
         let mut others = Vec::new();
         for l in links.iter().filter_map(|b| link::listed(b)) {
@@ -94,18 +98,22 @@ impl Present {
                 });
             }
         }
-        let qdiscs = rt.dump(tc::dump_qdiscs(ifindex), &|| {
-            (format!("list qdiscs on {dev}"), Object::Other)
-        })?;
+        let qdiscs = rt.dump(Request::new(
+            tc::dump_qdiscs(ifindex),
+            Object::Other,
+            format_args!("list qdiscs on {dev}"),
+        ))?;
         let ingress = qdiscs
             .iter()
             .filter_map(|b| TcObject::parse(b))
             .find(|q| q.ifindex == ifindex && q.parent == ingress::PARENT);
         let mut filters = Vec::new();
         if ingress.is_some() {
-            let dumped = rt.dump(tc::dump_filters(ifindex, ingress::HANDLE), &|| {
-                (format!("list ingress filters on {dev}"), Object::Other)
-            })?;
+            let dumped = rt.dump(Request::new(
+                tc::dump_filters(ifindex, ingress::HANDLE),
+                Object::Other,
+                format_args!("list ingress filters on {dev}"),
+            ))?;
             for f in dumped.iter().filter_map(|b| TcObject::parse(b)) {
                 let node = u32::from(f.handle) & 0xfff != 0;
                 if f.kind == u32::KIND && node {
@@ -220,9 +228,11 @@ fn build(
     let ifb_index = match present.ifb {
         Some(i) => i,
         None => {
-            rt.request(link::add_ifb(ifb), &|| {
-                (format!("add ifb device {ifb}"), Object::Link("ifb"))
-            })?;
+            rt.request(Request::new(
+                link::add_ifb(ifb),
+                Object::Link("ifb"),
+                format_args!("add ifb device {ifb}"),
+            ))?;
             let i = sys::ifindex(ifb)?;
             added.ifb = Some(i);
             i
@@ -232,16 +242,19 @@ fn build(
     let mut ports = cfg.ports.clone();
     ports.sort_unstable();
     ports.dedup();
-    rt.request(
+    rt.request(Request::new(
         link::set_alias(
             ifb_index as u32,
             &Record::mine(ifindex, slot, &ports).to_alias(),
         ),
-        &|| (format!("record the owner of {ifb}"), Object::Other),
-    )?;
-    rt.request(link::set_up(ifb_index as u32), &|| {
-        (format!("set {ifb} up"), Object::Other)
-    })?;
+        Object::Other,
+        format_args!("record the owner of {ifb}"),
+    ))?;
+    rt.request(Request::new(
+        link::set_up(ifb_index as u32),
+        Object::Other,
+        format_args!("set {ifb} up"),
+    ))?;
 
     // The plug tree on the ifb: every source (the ifb sees only what the
     // redirects send it), u32 (no netfilter mark on this path).
@@ -260,12 +273,11 @@ fn build(
     )?;
 
     if present.ingress.is_none() {
-        rt.request(ingress::add(ifindex), &|| {
-            (
-                format!("add ingress qdisc on {dev}"),
-                Object::Qdisc(ingress::KIND),
-            )
-        })?;
+        rt.request(Request::new(
+            ingress::add(ifindex),
+            Object::Qdisc(ingress::KIND),
+            format_args!("add ingress qdisc on {dev}"),
+        ))?;
         added.ingress = true;
     }
     // The redirects are replaced whole, so a setup for other ports takes effect.
@@ -273,15 +285,11 @@ fn build(
     let had = present.redirects(slot);
     for (family, prio, proto) in [(Family::Ipv4, p4, ETH_P_IP), (Family::Ipv6, p6, ETH_P_IPV6)] {
         if had.contains(&family) {
-            rt.request(
+            rt.request(Request::new(
                 tc::delete_filters(ifindex, ingress::HANDLE, prio, proto),
-                &|| {
-                    (
-                        format!("replace the {} redirect on {dev}", family.name()),
-                        Object::Filter(u32::KIND),
-                    )
-                },
-            )?;
+                Object::Filter(u32::KIND),
+                format_args!("replace the {} redirect on {dev}", family.name()),
+            ))?;
         }
         // One filter per port, all at the family's priority (so one
         // delete removes them together); none for every port.
@@ -300,18 +308,14 @@ fn build(
                     Family::Ipv6 => u32::dport_key_v6(port),
                 });
             }
-            rt.request(
+            rt.request(Request::new(
                 ingress::redirect(ifindex, prio, proto, &keys, ifb_index as u32),
-                &|| {
-                    (
-                        format!(
-                            "add u32 redirect of {} SYNs on {dev} to {ifb}",
-                            family.name()
-                        ),
-                        Object::Filter(u32::KIND),
-                    )
-                },
-            )?;
+                Object::Filter(u32::KIND),
+                format_args!(
+                    "add u32 redirect of {} SYNs on {dev} to {ifb}",
+                    family.name()
+                ),
+            ))?;
         }
         added.redirects = true;
     }
@@ -320,23 +324,24 @@ fn build(
 
 /// Best effort: removes what a failed setup added, newest first.
 fn undo(ifindex: i32, ifb: &str, slot: u16, rt: &mut Socket, added: &Added) {
-    let nothing = &|| (String::new(), Object::Other);
     if added.ingress {
-        let _ = rt.request(ingress::delete(ifindex), nothing);
+        let _ = rt.request(Request::unnamed(ingress::delete(ifindex)));
     } else if added.redirects {
         let (p4, p6) = owner::prios(slot);
         for (prio, proto) in [(p4, ETH_P_IP), (p6, ETH_P_IPV6)] {
-            let _ = rt.request(
-                tc::delete_filters(ifindex, ingress::HANDLE, prio, proto),
-                nothing,
-            );
+            let _ = rt.request(Request::unnamed(tc::delete_filters(
+                ifindex,
+                ingress::HANDLE,
+                prio,
+                proto,
+            )));
         }
     }
     if added.tree {
         let _ = tree::teardown_on(ifb, MarkRule::NotOurs);
     }
     if let Some(i) = added.ifb {
-        let _ = rt.request(link::delete(i as u32), nothing);
+        let _ = rt.request(Request::unnamed(link::delete(i as u32)));
     }
 }
 
@@ -358,29 +363,26 @@ pub fn teardown(dev: &str, ports: &[u16], force: bool) -> Result<()> {
     let (p4, p6) = own.prios();
     for (family, prio, proto) in [(Family::Ipv4, p4, ETH_P_IP), (Family::Ipv6, p6, ETH_P_IPV6)] {
         if present.redirects(own.slot).contains(&family) {
-            rt.request(
+            rt.request(Request::new(
                 tc::delete_filters(ifindex, ingress::HANDLE, prio, proto),
-                &|| {
-                    (
-                        format!("delete the {} redirect on {dev}", family.name()),
-                        Object::Filter(u32::KIND),
-                    )
-                },
-            )?;
+                Object::Filter(u32::KIND),
+                format_args!("delete the {} redirect on {dev}", family.name()),
+            ))?;
         }
     }
     tree::teardown_on(&ifb, MarkRule::NotOurs)?;
-    rt.request(link::delete(ifb_index as u32), &|| {
-        (format!("delete {ifb}"), Object::Link("ifb"))
-    })?;
+    rt.request(Request::new(
+        link::delete(ifb_index as u32),
+        Object::Link("ifb"),
+        format_args!("delete {ifb}"),
+    ))?;
     let left = present.filters.iter().any(|(p, _)| *p != p4 && *p != p6);
     if present.ingress.is_some() && present.others.is_empty() && !left {
-        rt.request(ingress::delete(ifindex), &|| {
-            (
-                format!("delete ingress qdisc on {dev}"),
-                Object::Qdisc(ingress::KIND),
-            )
-        })?;
+        rt.request(Request::new(
+            ingress::delete(ifindex),
+            Object::Qdisc(ingress::KIND),
+            format_args!("delete ingress qdisc on {dev}"),
+        ))?;
     }
     Ok(())
 }
@@ -492,9 +494,11 @@ impl IfbQueue {
 
     pub fn queued(&mut self) -> Result<u64> {
         let (ifb, ifindex) = (&self.ifb, self.ifindex);
-        let replies = self.rt.request_replies(link::get(ifindex), &|| {
-            (format!("get link {ifb}"), Object::Other)
-        })?;
+        let replies = self.rt.request_replies(Request::new(
+            link::get(ifindex),
+            Object::Other,
+            format_args!("get link {ifb}"),
+        ))?;
         replies
             .iter()
             .find_map(|p| link::ifb_queued(p))

@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Object, Result};
 use crate::nft::{self, Family};
-use crate::socket::Socket;
+use crate::socket::{Request, Socket};
 use crate::tc::{self, fw, handle, pfifo, plug, prio, u32, ETH_P_IP, TC_H_ROOT};
 use crate::wire::Message;
 
@@ -43,8 +43,12 @@ pub fn probe() -> Result<Probe> {
         let mut rt = Socket::route()?;
         let mut features = Vec::new();
         let try_qdisc = |rt: &mut Socket, kind: &'static str, m: Message| -> Support {
-            let r = rt.request(m, &|| (format!("add {kind} qdisc"), Object::Qdisc(kind)));
-            let _ = rt.request(tc::delete_root(lo), &|| (String::new(), Object::Other));
+            let r = rt.request(Request::new(
+                m,
+                Object::Qdisc(kind),
+                format_args!("add {kind} qdisc"),
+            ));
+            let _ = rt.request(Request::unnamed(tc::delete_root(lo)));
             r.map_err(|e| e.to_string())
         };
         features.push((
@@ -75,9 +79,11 @@ pub fn probe() -> Result<Probe> {
         // Classifiers hang off the ingress qdisc here, which every kernel
         // with tc has; that tests the classifier alone.
         let ingress = rt
-            .request(tc::ingress::add(lo), &|| {
-                ("add ingress qdisc".into(), Object::Qdisc(tc::ingress::KIND))
-            })
+            .request(Request::new(
+                tc::ingress::add(lo),
+                Object::Qdisc(tc::ingress::KIND),
+                format_args!("add ingress qdisc"),
+            ))
             .map_err(|e| e.to_string());
         let ingress_ok = ingress.is_ok();
         let parent = handle(0xffff, 0);
@@ -85,10 +91,14 @@ pub fn probe() -> Result<Probe> {
             if !ingress_ok {
                 return Err("untested: no ingress qdisc to attach a filter to".into());
             }
-            let r = rt.request(m, &|| (format!("add {kind} filter"), Object::Filter(kind)));
-            let _ = rt.request(tc::delete_filters(lo, parent, 1, ETH_P_IP), &|| {
-                (String::new(), Object::Other)
-            });
+            let r = rt.request(Request::new(
+                m,
+                Object::Filter(kind),
+                format_args!("add {kind} filter"),
+            ));
+            let _ = rt.request(Request::unnamed(tc::delete_filters(
+                lo, parent, 1, ETH_P_IP,
+            )));
             r.map_err(|e| e.to_string())
         };
         features.push((
@@ -114,24 +124,22 @@ pub fn probe() -> Result<Probe> {
         // device, and a u32 filter with a mirred redirect to it.
         features.push(("ingress", ingress));
         let ifb = rt
-            .request(crate::link::add_ifb("ifb-probe"), &|| {
-                ("add ifb device".into(), Object::Link("ifb"))
-            })
+            .request(Request::new(
+                crate::link::add_ifb("ifb-probe"),
+                Object::Link("ifb"),
+                format_args!("add ifb device"),
+            ))
             .and_then(|()| crate::sys::ifindex("ifb-probe"));
         let mirred = match (&ifb, ingress_ok) {
             (Ok(i), true) => {
-                let r = rt.request(
+                let r = rt.request(Request::new(
                     tc::ingress::redirect(lo, 1, ETH_P_IP, &u32::syn_keys_v4(None), *i as u32),
-                    &|| {
-                        (
-                            "add u32 filter with mirred".into(),
-                            Object::Filter(u32::KIND),
-                        )
-                    },
-                );
-                let _ = rt.request(tc::delete_filters(lo, parent, 1, ETH_P_IP), &|| {
-                    (String::new(), Object::Other)
-                });
+                    Object::Filter(u32::KIND),
+                    format_args!("add u32 filter with mirred"),
+                ));
+                let _ = rt.request(Request::unnamed(tc::delete_filters(
+                    lo, parent, 1, ETH_P_IP,
+                )));
                 r.map_err(|e| e.to_string())
             }
             (Err(_), _) => Err("untested: no ifb device to redirect to".into()),

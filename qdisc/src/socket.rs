@@ -2,6 +2,7 @@
 //! waiting for the ACK or error of our request, collecting dumps, and
 //! sending nf_tables batches. Synchronous, one round trip per request.
 
+use std::fmt;
 use std::io;
 
 use netlink_sys::{protocols, Socket as NlSocket, SocketAddr};
@@ -19,7 +20,52 @@ pub struct Socket {
 }
 
 /// Names an operation for an error message, lazily (the hot path pays nothing).
-pub type Describe<'a> = &'a dyn Fn() -> (String, Object);
+type Describe<'a> = &'a dyn Fn() -> (String, Object);
+
+/// A request that says what it is: its message, the operation (as
+/// `format_args!`, formatted only for an error) and the object it acts on,
+/// which an error names.
+pub struct Request<'a> {
+    msg: Message,
+    object: Object,
+    op: Option<fmt::Arguments<'a>>,
+}
+
+impl<'a> Request<'a> {
+    pub fn new(msg: Message, object: Object, op: fmt::Arguments<'a>) -> Request<'a> {
+        Request {
+            msg,
+            object,
+            op: Some(op),
+        }
+    }
+
+    /// A request whose failure nobody reads (an undo, a probe's cleanup).
+    pub fn unnamed(msg: Message) -> Request<'a> {
+        Request {
+            msg,
+            object: Object::Other,
+            op: None,
+        }
+    }
+
+    /// The message, and what an error would say of it.
+    fn split(self) -> (Message, impl Fn() -> (String, Object) + 'a) {
+        let Request { msg, object, op } = self;
+        (msg, move || {
+            (op.map(|a| a.to_string()).unwrap_or_default(), object)
+        })
+    }
+}
+
+impl fmt::Display for Request<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.op {
+            Some(op) => f.write_fmt(op),
+            None => Ok(()),
+        }
+    }
+}
 
 impl Socket {
     /// A NETLINK_ROUTE socket (traffic control).
@@ -80,36 +126,29 @@ impl Socket {
 
     /// Sends `msg` with an ACK requested and waits for that ACK. Replies that
     /// are not ours (another sequence number) are ignored.
-    pub fn request(&mut self, msg: Message, describe: Describe<'_>) -> Result<()> {
-        self.exchange(msg, describe, |_| {})
+    pub fn request(&mut self, req: Request<'_>) -> Result<()> {
+        self.exchange(req, |_| {})
     }
 
     /// Like [`request`](Self::request), also returning the payloads of the
     /// replies that came before the ACK (for NLM_F_ECHO and GET requests).
-    pub fn request_replies(
-        &mut self,
-        msg: Message,
-        describe: Describe<'_>,
-    ) -> Result<Vec<Vec<u8>>> {
+    pub fn request_replies(&mut self, req: Request<'_>) -> Result<Vec<Vec<u8>>> {
         let mut replies = Vec::new();
-        self.exchange(msg, describe, |p| replies.push(p.to_vec()))?;
+        self.exchange(req, |p| replies.push(p.to_vec()))?;
         Ok(replies)
     }
 
-    fn exchange(
-        &mut self,
-        mut msg: Message,
-        describe: Describe<'_>,
-        on_reply: impl FnMut(&[u8]),
-    ) -> Result<()> {
+    fn exchange(&mut self, req: Request<'_>, on_reply: impl FnMut(&[u8])) -> Result<()> {
+        let (mut msg, describe) = req.split();
         msg.set_flags(msg.flags() | NLM_F_ACK);
-        self.converse(msg, describe, on_reply)
+        self.converse(msg, &describe, on_reply)
     }
 
     /// Sends a dump request and collects every reply payload until DONE.
-    pub fn dump(&mut self, msg: Message, describe: Describe<'_>) -> Result<Vec<Vec<u8>>> {
+    pub fn dump(&mut self, req: Request<'_>) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
-        self.converse(msg, describe, |p| out.push(p.to_vec()))?;
+        let (msg, describe) = req.split();
+        self.converse(msg, &describe, |p| out.push(p.to_vec()))?;
         Ok(out)
     }
 

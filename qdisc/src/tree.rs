@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::error::{Error, Object, Result};
 use crate::nft::{self, Family};
-use crate::socket::Socket;
+use crate::socket::{Request, Socket};
 use crate::sys;
 use crate::tc::{
     self, fw, handle, pfifo, plug, prio, u32, Handle, TcObject, ETH_P_IP, ETH_P_IPV6, TC_H_ROOT,
@@ -157,9 +157,11 @@ struct Present {
 impl Present {
     fn read(rt: &mut Socket, ifindex: i32, dev: &str) -> Result<Present> {
         let mut p = Present::default();
-        let qdiscs = rt.dump(tc::dump_qdiscs(ifindex), &|| {
-            (format!("list qdiscs on {dev}"), Object::Other)
-        })?;
+        let qdiscs = rt.dump(Request::new(
+            tc::dump_qdiscs(ifindex),
+            Object::Other,
+            format_args!("list qdiscs on {dev}"),
+        ))?;
         for q in qdiscs
             .iter()
             .filter_map(|b| TcObject::parse(b))
@@ -178,9 +180,11 @@ impl Present {
             }
         }
         if p.is_ours() {
-            let filters = rt.dump(tc::dump_filters(ifindex, ROOT), &|| {
-                (format!("list filters on {dev}"), Object::Other)
-            })?;
+            let filters = rt.dump(Request::new(
+                tc::dump_filters(ifindex, ROOT),
+                Object::Other,
+                format_args!("list filters on {dev}"),
+            ))?;
             p.filters = filters
                 .iter()
                 .filter_map(|b| TcObject::parse(b))
@@ -283,44 +287,37 @@ fn build(
 ) -> Result<()> {
     let dev = cfg.dev.as_str();
     if !present.is_ours() {
-        rt.request(prio::add(ifindex, ROOT, TC_H_ROOT, BANDS), &|| {
-            (
-                format!("add prio qdisc 1: as root of {dev}"),
-                Object::Qdisc(prio::KIND),
-            )
-        })?;
+        rt.request(Request::new(
+            prio::add(ifindex, ROOT, TC_H_ROOT, BANDS),
+            Object::Qdisc(prio::KIND),
+            format_args!("add prio qdisc 1: as root of {dev}"),
+        ))?;
         added.root = true;
     }
     for (i, &(h, parent)) in FIFOS.iter().enumerate() {
         if added.root || !present.fifos[i] {
-            rt.request(pfifo::add(ifindex, h, parent, FIFO_LIMIT), &|| {
-                (
-                    format!("add pfifo qdisc {} on {dev}", tc::show_handle(h)),
-                    Object::Qdisc(pfifo::KIND),
-                )
-            })?;
+            rt.request(Request::new(
+                pfifo::add(ifindex, h, parent, FIFO_LIMIT),
+                Object::Qdisc(pfifo::KIND),
+                format_args!("add pfifo qdisc {} on {dev}", tc::show_handle(h)),
+            ))?;
             added.fifos.push((h, parent));
         }
     }
     if added.root || present.plug.is_none() {
-        rt.request(plug::add(ifindex, PLUG, PLUG_CLASS, cfg.limit), &|| {
-            (
-                format!("add plug qdisc 40: on {dev}"),
-                Object::Qdisc(plug::KIND),
-            )
-        })?;
+        rt.request(Request::new(
+            plug::add(ifindex, PLUG, PLUG_CLASS, cfg.limit),
+            Object::Qdisc(plug::KIND),
+            format_args!("add plug qdisc 40: on {dev}"),
+        ))?;
         added.plug = true;
         // A new plug starts buffering; nothing reaches it before the filters
         // below exist, and it must be open by then.
-        rt.request(
+        rt.request(Request::new(
             plug::action(ifindex, PLUG, PLUG_CLASS, plug::Action::ReleaseIndefinite),
-            &|| {
-                (
-                    format!("release the new plug on {dev}"),
-                    Object::Qdisc(plug::KIND),
-                )
-            },
-        )?;
+            Object::Qdisc(plug::KIND),
+            format_args!("release the new plug on {dev}"),
+        ))?;
         crate::state::Record::for_dev(dev).set(false);
     }
 
@@ -329,12 +326,11 @@ fn build(
         let (prio, proto) = filter_slot(family);
         if !added.root && present.has_other_filter(kind, family) {
             // The other classifier's filter from an earlier setup: replace it.
-            rt.request(tc::delete_filters(ifindex, ROOT, prio, proto), &|| {
-                (
-                    format!("remove the old {} filter on {dev}", family.name()),
-                    Object::Other,
-                )
-            })?;
+            rt.request(Request::new(
+                tc::delete_filters(ifindex, ROOT, prio, proto),
+                Object::Other,
+                format_args!("remove the old {} filter on {dev}", family.name()),
+            ))?;
         }
         if !added.root && present.has_filter(kind, family) {
             if cfg.classifier == Classifier::Fw {
@@ -342,24 +338,19 @@ fn build(
             }
             // A u32 filter's port is in its keys: replace it, so a setup for
             // another port (or for every port) takes effect.
-            rt.request(tc::delete_filters(ifindex, ROOT, prio, proto), &|| {
-                (
-                    format!("replace the {} u32 filter on {dev}", family.name()),
-                    Object::Filter(u32::KIND),
-                )
-            })?;
+            rt.request(Request::new(
+                tc::delete_filters(ifindex, ROOT, prio, proto),
+                Object::Filter(u32::KIND),
+                format_args!("replace the {} u32 filter on {dev}", family.name()),
+            ))?;
         }
         match cfg.classifier {
             Classifier::Fw => {
-                rt.request(
+                rt.request(Request::new(
                     fw::add(ifindex, ROOT, prio, proto, MARK, PLUG_CLASS),
-                    &|| {
-                        (
-                            format!("add fw filter ({}) on {dev}", family.name()),
-                            Object::Filter(fw::KIND),
-                        )
-                    },
-                )?;
+                    Object::Filter(fw::KIND),
+                    format_args!("add fw filter ({}) on {dev}", family.name()),
+                ))?;
             }
             Classifier::U32 => {
                 let key_sets: Vec<Vec<u32::Key>> = match &sources {
@@ -376,15 +367,11 @@ fn build(
                     k
                 });
                 for k in key_sets {
-                    rt.request(
+                    rt.request(Request::new(
                         u32::add(ifindex, ROOT, prio, proto, &k, PLUG_CLASS),
-                        &|| {
-                            (
-                                format!("add u32 filter ({}) on {dev}", family.name()),
-                                Object::Filter(u32::KIND),
-                            )
-                        },
-                    )?;
+                        Object::Filter(u32::KIND),
+                        format_args!("add u32 filter ({}) on {dev}", family.name()),
+                    ))?;
                 }
             }
         }
@@ -440,30 +427,32 @@ fn undo(ifindex: i32, rt: &mut Socket, added: &Added) {
             }
         }
     }
-    let nothing = &|| (String::new(), Object::Other);
     if added.root {
-        let _ = rt.request(tc::delete_root(ifindex), nothing);
+        let _ = rt.request(Request::unnamed(tc::delete_root(ifindex)));
         return;
     }
     for f in &added.filters {
         let (prio, proto) = filter_slot(*f);
-        let _ = rt.request(tc::delete_filters(ifindex, ROOT, prio, proto), nothing);
+        let _ = rt.request(Request::unnamed(tc::delete_filters(
+            ifindex, ROOT, prio, proto,
+        )));
     }
     if added.plug {
-        let _ = rt.request(tc::delete_qdisc(ifindex, PLUG, PLUG_CLASS), nothing);
+        let _ = rt.request(Request::unnamed(tc::delete_qdisc(
+            ifindex, PLUG, PLUG_CLASS,
+        )));
     }
     for (h, parent) in &added.fifos {
-        let _ = rt.request(tc::delete_qdisc(ifindex, *h, *parent), nothing);
+        let _ = rt.request(Request::unnamed(tc::delete_qdisc(ifindex, *h, *parent)));
     }
 }
 
 fn table_exists(nf: &mut Socket, family: Family) -> Result<bool> {
-    match nf.request_replies(nft::get_table(family), &|| {
-        (
-            format!("look up nf_tables table {} {}", family.name(), nft::TABLE),
-            Object::NfTables,
-        )
-    }) {
+    match nf.request_replies(Request::new(
+        nft::get_table(family),
+        Object::NfTables,
+        format_args!("look up nf_tables table {} {}", family.name(), nft::TABLE),
+    )) {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
@@ -498,22 +487,17 @@ pub(crate) fn teardown_on(dev: &str, mark_rule: MarkRule) -> Result<()> {
     let present = Present::read(&mut rt, ifindex, dev)?;
     if present.is_ours() {
         if present.plug.is_some() {
-            rt.request(
+            rt.request(Request::new(
                 plug::action(ifindex, PLUG, PLUG_CLASS, plug::Action::ReleaseIndefinite),
-                &|| {
-                    (
-                        format!("release the plug on {dev}"),
-                        Object::Qdisc(plug::KIND),
-                    )
-                },
-            )?;
+                Object::Qdisc(plug::KIND),
+                format_args!("release the plug on {dev}"),
+            ))?;
         }
-        rt.request(tc::delete_root(ifindex), &|| {
-            (
-                format!("delete prio qdisc 1: on {dev}"),
-                Object::Qdisc(prio::KIND),
-            )
-        })?;
+        rt.request(Request::new(
+            tc::delete_root(ifindex),
+            Object::Qdisc(prio::KIND),
+            format_args!("delete prio qdisc 1: on {dev}"),
+        ))?;
     }
     crate::state::Record::for_dev(dev).set(false);
     if mark_rule == MarkRule::NotOurs {

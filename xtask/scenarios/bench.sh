@@ -19,6 +19,10 @@ fail() { echo "BENCH-FAIL: $*"; exit 1; }
 [ -d $OUT ] || fail "no results folder"
 echo "BENCH-INFO kernel $(uname -r) cpus $(nproc)"
 
+# ticks PID: the CPU it used and that of the children it reaped (utime
+# stime cutime cstime, /proc/PID/stat fields 14-17, in 1/100 s), for the
+# CPU per reload (the reloader's own, and its generations').
+ticks() { sed 's/.*) //' /proc/$1/stat | cut -d' ' -f12-15; }
 wait_serving() { # $1: log
     for i in $(seq 1 300); do grep -q "$2" "$1" && return 0; sleep 0.1; done
     fail "no '$2' in $1"
@@ -46,7 +50,9 @@ for c in $LOCAL_CONCS; do
         R=$!
         wait_serving $OUT/reloading-$s-c$c.log "reloader: serving"
         echo "BENCH-RUN reloading strategy=$s c=$c"
+        t0=$(ticks $R); r0=$(grep -c 'reload #[0-9]*: ok' $OUT/reloading-$s-c$c.log)
         loadgen run 127.0.0.1:7000 -c $c -n $N $K --tsv $OUT/reloading-$s-c$c.tsv --progress | tee $OUT/reloading-$s-c$c.txt
+        echo "$r0 $t0 $(grep -c 'reload #[0-9]*: ok' $OUT/reloading-$s-c$c.log) $(ticks $R)" > $OUT/reloading-$s-c$c.cpu
         kill -TERM $R; wait $R
         grep -c 'reload #[0-9]*: ok' $OUT/reloading-$s-c$c.log > $OUT/reloading-$s-c$c.reloads
         grep -c 'reload #[0-9]*: rolled back' $OUT/reloading-$s-c$c.log >> $OUT/reloading-$s-c$c.reloads
@@ -72,7 +78,9 @@ case " $CLIENTS " in *" remote "*)
             R=$!
             wait_serving $OUT/remote-$s-c$c.log "reloader: serving"
             echo "BENCH-RUN remote reloading strategy=$s c=$c"
+            t0=$(ticks $R); r0=$(grep -c 'reload #[0-9]*: ok' $OUT/remote-$s-c$c.log)
             $C loadgen run 192.0.2.1:7000 -c $c -n $N $K --tsv $OUT/remote-$s-c$c.tsv --progress | tee $OUT/remote-$s-c$c.txt
+            echo "$r0 $t0 $(grep -c 'reload #[0-9]*: ok' $OUT/remote-$s-c$c.log) $(ticks $R)" > $OUT/remote-$s-c$c.cpu
             kill -TERM $R; wait $R
             grep -c 'reload #[0-9]*: ok' $OUT/remote-$s-c$c.log > $OUT/remote-$s-c$c.reloads
             grep -c 'reload #[0-9]*: rolled back' $OUT/remote-$s-c$c.log >> $OUT/remote-$s-c$c.reloads

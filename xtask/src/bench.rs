@@ -508,15 +508,42 @@ fn strategy_rows(
             ),
             _ => String::new(),
         };
+        let (_, stem) = clients.stems(s);
+        let cpu = std::fs::read_to_string(a.out.join(format!("{stem}-c{c}.cpu")))
+            .ok()
+            .and_then(|t| cpu_per_reload(&t))
+            .map_or(String::new(), |(own, gens)| {
+                format!("; CPU per reload: reloader {own:.2} ms, its generations {gens:.2} ms")
+            });
         writeln!(
             ratios,
-            "- {who}c={c}: {s} / baseline: mean {:.2}x, p99 {:.2}x, max {:.2}x{vs_none}",
+            "- {who}c={c}: {s} / baseline: mean {:.2}x, p99 {:.2}x, max {:.2}x{vs_none}{cpu}",
             x.mean / base_summary.mean,
             x.p99 / base_summary.p99,
             x.max / base_summary.max
         )?;
     }
     Ok(())
+}
+
+/// CPU per reload over a reloading run, in ms: the reloader's own and that
+/// of the generations it reaped, from bench.sh's line `reloads0 utime
+/// stime cutime cstime reloads1 utime stime cutime cstime` (1/100 s).
+fn cpu_per_reload(line: &str) -> Option<(f64, f64)> {
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .map(|w| w.parse().ok())
+        .collect::<Option<_>>()?;
+    let [r0, u0, s0, cu0, cs0, r1, u1, s1, cu1, cs1] = v[..] else {
+        return None;
+    };
+    let n = r1 - r0;
+    (n > 0.0).then(|| {
+        (
+            ((u1 - u0) + (s1 - s0)) * 10.0 / n,
+            ((cu1 - cu0) + (cs1 - cs0)) * 10.0 / n,
+        )
+    })
 }
 
 /// The `ab` cross-check of the c=1 baseline: its own mean and failures, and
@@ -609,4 +636,19 @@ fn plot(tsv: &Path, title: &str) -> Result<()> {
     std::fs::write(&gp, script)?;
     exec(Command::new("gnuplot").arg(&gp))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_reload_reads_bench_sh_lines() {
+        // 10 reloads; the reloader used 20 + 5 ticks, its generations 40 + 10.
+        let (own, gens) = cpu_per_reload("2 100 50 0 0 12 120 55 40 10\n").unwrap();
+        assert!((own - 25.0).abs() < 1e-9, "{own}");
+        assert!((gens - 50.0).abs() < 1e-9, "{gens}");
+        assert_eq!(cpu_per_reload("3 1 1 1 1 3 2 2 2 2"), None, "no reload");
+        assert_eq!(cpu_per_reload("garbage"), None);
+    }
 }

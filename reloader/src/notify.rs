@@ -4,6 +4,7 @@
 //! messages say is the gate protocol's (`gate::Message`): `READY=1`, a
 //! cooperative server's offer to be checked before it joins, a drain cut.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -17,10 +18,45 @@ use tokio::sync::mpsc;
 pub struct Notify {
     pub path: PathBuf,
     /// (sender PID from the kernel, message).
-    pub notes: mpsc::UnboundedReceiver<(u32, Message)>,
+    notes: mpsc::UnboundedReceiver<(u32, Message)>,
+    /// Received while a wait slept (`arrived`), not yet read.
+    pending: VecDeque<(u32, Message)>,
 }
 
 impl Notify {
+    /// The next message already received, if any.
+    pub fn try_next(&mut self) -> Option<(u32, Message)> {
+        self.pending
+            .pop_front()
+            .or_else(|| self.notes.try_recv().ok())
+    }
+
+    /// Returns once a message has arrived, keeping it for `try_next`: a
+    /// wait that sleeps between looks at the kernel wakes on a server's
+    /// word at once.
+    pub async fn arrived(&mut self) {
+        match self.notes.recv().await {
+            Some(note) => self.pending.push_back(note),
+            None => std::future::pending().await, // no sender left: nothing will arrive
+        }
+    }
+
+    /// A receiver fed by `notes` (the supervisor's unit tests).
+    #[cfg(test)]
+    pub fn from_channel(path: PathBuf, notes: mpsc::UnboundedReceiver<(u32, Message)>) -> Notify {
+        Notify {
+            path,
+            notes,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Forgets every message received so far (stale for a new generation).
+    pub fn clear(&mut self) {
+        self.pending.clear();
+        while self.notes.try_recv().is_ok() {}
+    }
+
     /// Binds `path` (replacing a stale socket) and starts forwarding.
     /// Drain cuts go to `on_cut(pid, n)` at once rather than down the channel,
     /// whose readers look for one generation's word and drop the rest.
@@ -60,6 +96,7 @@ impl Notify {
         Ok(Notify {
             path: path.to_owned(),
             notes,
+            pending: VecDeque::new(),
         })
     }
 }
@@ -114,7 +151,8 @@ mod tests {
         let mut n = Notify::bind(&path, |_, _| {}).unwrap();
         let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
         s.send_to(b"READY=1\nMAINPID=1\n", &path).unwrap();
-        let (pid, note) = n.notes.recv().await.unwrap();
+        n.arrived().await;
+        let (pid, note) = n.try_next().unwrap();
         assert_eq!(note, Message::Ready);
         assert_eq!(pid, std::process::id());
     }

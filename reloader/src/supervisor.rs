@@ -35,10 +35,26 @@ use crate::notify::Notify;
 use crate::swap::{AtClose, Swap};
 use gate::Message;
 
-/// How often the kernel is asked while waiting on it.
-const POLL: Duration = Duration::from_millis(1);
-/// How often a starting server's sockets are looked at (reads `/proc`).
-const START_POLL: Duration = Duration::from_millis(2);
+/// How often the kernel is asked while new connections are held: every
+/// millisecond, as the hold lasts until an answer.
+const POLL: Every = Every {
+    first: Duration::from_millis(1),
+    most: Duration::from_millis(1),
+};
+/// How often a starting server is looked at (sock_diag, `/proc`): from 1 ms,
+/// twice as long each turn up to 32 ms. No client waits meanwhile, and a
+/// server's own word (`NOTIFY_SOCKET`) ends the wait at once.
+const START_POLL: Every = Every {
+    first: Duration::from_millis(1),
+    most: Duration::from_millis(32),
+};
+
+/// The pace of a wait's looks: `first` apart, doubling up to `most`.
+#[derive(Clone, Copy)]
+struct Every {
+    first: Duration,
+    most: Duration,
+}
 /// How long no handshake to the port may be half open, as sock_diag
 /// reports it, before the old listener is closed, when nothing tells us
 /// where a SYN that left the plug just before the hold is: a kernel without
@@ -176,16 +192,25 @@ impl Ctx {
     async fn poll<T, E>(
         &mut self,
         end: Instant,
-        every: Duration,
+        every: Every,
         mut step: impl FnMut(&mut Ctx, bool) -> Result<Option<T>, E>,
     ) -> Result<T, E> {
+        let mut gap = every.first;
         loop {
-            let late = Instant::now() >= end;
+            let now = Instant::now();
+            let late = now >= end;
             if let Some(answer) = step(self, late)? {
                 return Ok(answer);
             }
             debug_assert!(!late, "a wait's step must answer once it is late");
-            tokio::time::sleep(every).await;
+            // Never past the deadline by more than the first gap; a
+            // server's message wakes the wait at once.
+            let sleep = gap.min(end.saturating_duration_since(now) + every.first);
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.notify.arrived() => {}
+            }
+            gap = (gap * 2).min(every.most);
         }
     }
 
@@ -265,7 +290,7 @@ impl Ctx {
                     status: status.to_string(),
                 });
             }
-            while let Ok((pid, note)) = ctx.notify.notes.try_recv() {
+            while let Some((pid, note)) = ctx.notify.try_next() {
                 match note {
                     _ if !gen.has(pid) => {} // another process: not its word
                     Message::Offer(addr) => return Ok(Some(Started::Gate(addr, pid))),
@@ -315,6 +340,7 @@ impl Ctx {
         let deadline = Instant::now() + self.opts.ready_timeout;
         // The most telling failure: the new server's own answer.
         let mut telling: Option<String> = None;
+        let mut gap = START_POLL.first;
         loop {
             if let Some(status) = gen.exited() {
                 return Err(Refusal::Exited {
@@ -350,7 +376,8 @@ impl Ctx {
                     why: telling.unwrap_or_else(|| "no answer".into()),
                 });
             }
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(gap).await;
+            gap = (gap * 2).min(START_POLL.most);
         }
     }
 
@@ -362,14 +389,14 @@ impl Ctx {
         gen.signal_member(by, gate::JOIN_SIGNAL);
         let end = Instant::now() + self.opts.ready_timeout;
         let mut ready = false;
-        self.poll(end, POLL, |ctx, late| {
+        self.poll(end, START_POLL, |ctx, late| {
             if let Some(status) = gen.exited() {
                 return Err(Refusal::Exited {
                     pid: gen.pid,
                     status: format!("{status}, while joining"),
                 });
             }
-            while let Ok((pid, note)) = ctx.notify.notes.try_recv() {
+            while let Some((pid, note)) = ctx.notify.try_next() {
                 ready |= gen.has(pid) && note == Message::Ready;
             }
             // READY=1 comes after its last listen(): only then are its
@@ -792,7 +819,7 @@ impl Supervisor {
         self.next += 1;
         let old_pid = self.current.pid;
         // Readiness messages left over from earlier generations are stale.
-        while self.ctx.notify.notes.try_recv().is_ok() {}
+        self.ctx.notify.clear();
 
         let failed = |source: Error| ReloadError::Failed { number, source };
         let ctx = &mut self.ctx;
@@ -1215,10 +1242,7 @@ mod tests {
                 swap: Box::new(FakeSwap(w.clone())),
                 kernel: Box::new(FakeKernel(w.clone())),
                 spawn: Box::new(FakeSpawn(w.clone())),
-                notify: Notify {
-                    path: "/nonexistent".into(),
-                    notes,
-                },
+                notify: Notify::from_channel("/nonexistent".into(), notes),
                 others: BTreeSet::new(),
             },
             current: scripted(1, 1001, first),

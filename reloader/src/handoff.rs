@@ -26,7 +26,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// The first fd of the handed-over sockets (0-2 are stdio).
 const LISTEN_FDS_START: RawFd = 3;
 /// Our own copies live at or above this fd, clear of 3.. in the child.
+/// They are inheritable (no FD_CLOEXEC): every child of ours is a
+/// generation started through `exec-listen`, which moves them to 3.. and
+/// closes these, so the spawn needs no code between fork and exec (and
+/// the C library can use posix_spawn, no fork of our address space).
 const HIGH_FD: RawFd = 100;
+
+/// Where `exec-listen` finds the sockets to move to 3..: their fds, in order.
+const FDS_ENV: &str = "RELOADER_HANDOFF_FDS";
 
 pub struct Handoff {
     pub addrs: Vec<SocketAddr>,
@@ -50,8 +57,8 @@ impl Handoff {
             s.set_reuse_port(true).map_err(err)?;
             s.bind(&addr.into()).map_err(err)?;
             s.listen(backlog).map_err(err)?;
-            // SAFETY: F_DUPFD_CLOEXEC on our own open socket returns a new fd or -1.
-            let high = unsafe { libc::fcntl(s.as_raw_fd(), libc::F_DUPFD_CLOEXEC, HIGH_FD) };
+            // SAFETY: F_DUPFD on our own open socket returns a new fd or -1.
+            let high = unsafe { libc::fcntl(s.as_raw_fd(), libc::F_DUPFD, HIGH_FD) };
             if high < 0 {
                 return Err(err(io::Error::last_os_error()));
             }
@@ -89,9 +96,9 @@ impl Handoff {
                     format!("LISTEN_FDS: fd {fd} {why}"),
                 )
             };
-            // SAFETY: F_DUPFD_CLOEXEC on an fd the supervisor passed us; -1
-            // (EBADF) if it is not open.
-            let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, HIGH_FD) };
+            // SAFETY: F_DUPFD on an fd the supervisor passed us; -1 (EBADF)
+            // if it is not open.
+            let high = unsafe { libc::fcntl(fd, libc::F_DUPFD, HIGH_FD) };
             if high < 0 {
                 return Err(bad(format!("is not open: {}", io::Error::last_os_error())));
             }
@@ -147,23 +154,11 @@ impl Handoff {
     /// Makes `cmd` (the trampoline) start with our sockets at fds 3.. and
     /// the variables set (`LISTEN_PID` is the trampoline's to set).
     pub fn apply(&self, cmd: &mut tokio::process::Command) {
-        let raw: Vec<RawFd> = self.fds.iter().map(|f| f.as_raw_fd()).collect();
+        let raw: Vec<String> = self.fds.iter().map(|f| f.as_raw_fd().to_string()).collect();
         cmd.env("LISTEN_FDS", raw.len().to_string())
             .env("LISTEN_FDNAMES", self.names())
+            .env(FDS_ENV, raw.join(","))
             .env_remove("LISTEN_PID");
-        // SAFETY: the closure runs between fork and exec and calls only
-        // dup2, which is async-signal-safe; the source fds (>= HIGH_FD) are
-        // open, and dup2's copy has no FD_CLOEXEC, so it survives exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                for (i, fd) in raw.iter().enumerate() {
-                    if libc::dup2(*fd, LISTEN_FDS_START + i as RawFd) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
     }
 }
 
@@ -182,8 +177,29 @@ pub fn exec_listen(argv: &[String]) -> io::Error {
     let Some((prog, args)) = argv.split_first() else {
         return io::Error::new(io::ErrorKind::InvalidInput, "no command");
     };
+    let fds: Vec<RawFd> = match std::env::var(FDS_ENV) {
+        Ok(list) => match list.split(',').map(str::parse).collect() {
+            Ok(fds) => fds,
+            Err(_) => {
+                return io::Error::new(io::ErrorKind::InvalidInput, format!("{FDS_ENV}={list}"))
+            }
+        },
+        Err(_) => Vec::new(),
+    };
+    for (i, fd) in fds.iter().enumerate() {
+        // SAFETY: dup2 of an fd we inherited onto 3.., then the inherited
+        // copy closed: the command sees its sockets at 3.. only. dup2's
+        // copy has no FD_CLOEXEC, so it survives the exec.
+        unsafe {
+            if libc::dup2(*fd, LISTEN_FDS_START + i as RawFd) < 0 {
+                return io::Error::last_os_error();
+            }
+            libc::close(*fd);
+        }
+    }
     std::process::Command::new(prog)
         .args(args)
         .env("LISTEN_PID", std::process::id().to_string())
+        .env_remove(FDS_ENV)
         .exec()
 }

@@ -94,7 +94,10 @@ bad=$(grep -c 'reload #[0-9]*: rolled back' /tmp/reloader.log)
 grep 'reload #' /tmp/reloader.log | tail -2
 echo "server=$SERVER strategy=$STRATEGY $CLIENT c=$CONC: $ok reloads ok, $bad rolled back, failed $failed; reloader exit $rc"
 [ "$rc" = 0 ] || fail "reloader exited $rc"
-[ "$ok" -ge 5 ] || fail "too few reloads ($ok)"
+# Six generations answered the load. A server without the gate listens
+# before its check has passed, so the sixth can answer before its reload
+# is logged: at least four reloads completed, and a fifth had begun.
+[ "$ok" -ge 4 ] || fail "too few reloads ($ok)"
 [ "$bad" = 0 ] || fail "$bad reloads rolled back"
 [ "$failed" = 0 ] || fail "$failed failed requests"
 pidof nginx haproxy > /dev/null && fail "a server outlived the reloader: $(pidof nginx haproxy)"

@@ -49,7 +49,10 @@ echo "strategy=$STRATEGY c=$CONC: $ok reloads ok, $bad rolled back; reloader exi
 grep 'reloader: exit' /tmp/reloader.log
 grep 'fallback:' /tmp/reloader.log
 [ "$rc" = 0 ] || fail "reloader exited $rc"
-[ "$ok" -ge 5 ] || fail "too few reloads during the load ($ok)"
+# Six generations answered: the sixth can answer before its reload is
+# logged (it joins before the old one's close ends the reload), so at
+# least four reloads completed and a fifth had begun.
+[ "$ok" -ge 4 ] || fail "too few reloads during the load ($ok)"
 failed=$(sed -n 's/.* failed=\([0-9]*\) .*/\1/p' /tmp/load.out)
 case $EXPECT in
   zero)

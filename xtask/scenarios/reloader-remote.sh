@@ -113,7 +113,10 @@ load)
     f4=$(served /tmp/v4.out) f6=$(served /tmp/v6.out) fl=$(served /tmp/lo.out)
     echo "strategy=$STRATEGY c=$CONC: $ok reloads ok, $bad rolled back; failed: remote v4 $f4, remote v6 $f6, local $fl; reloader exit $rc"
     [ "$rc" = 0 ] || fail "reloader exited $rc"
-    [ "$ok" -ge 5 ] || fail "too few reloads ($ok)"
+    # Six generations answered: the sixth can answer before its reload is
+    # logged (it joins before the old one's close ends the reload), so at
+    # least four reloads completed and a fifth had begun.
+    [ "$ok" -ge 4 ] || fail "too few reloads ($ok)"
     case $EXPECT in
       zero)
         [ "$f4" = 0 ] && [ "$f6" = 0 ] && [ "$fl" = 0 ] || fail "failed requests (v4 $f4, v6 $f6, local $fl)"

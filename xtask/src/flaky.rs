@@ -1,7 +1,8 @@
 //! `cargo xtask flaky --runs N`: the host tests (every test but the guest
 //! scenarios, which are named `guest_*`) N times in a row, as the README's
 //! test command runs them; prints each run's time and result, then every
-//! test that failed with how often. A suite that passes once proves little
+//! test that failed with how often, and keeps each failing run's output
+//! (`target/flaky/run-N.log`). A suite that passes once proves little
 //! about the next run; this is how the next run is asked.
 
 use std::collections::BTreeMap;
@@ -67,6 +68,13 @@ pub fn flaky(a: FlakyArgs) -> Result<ExitCode> {
         );
         if !ok {
             failed_runs += 1;
+            // A failure is worth only what its output says: kept whole.
+            let dir = root.join("target/flaky");
+            let log = dir.join(format!("run-{run}.log"));
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::write(&log, [&out.stdout[..], &out.stderr[..]].concat()))
+                .with_context(|| format!("keeping the output in {}", log.display()))?;
+            println!("flaky: run {run}'s output: {}", log.display());
             if failed.is_empty() {
                 *failures
                     .entry("(a test binary failed without a test line)".into())

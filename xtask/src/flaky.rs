@@ -37,6 +37,14 @@ pub fn flaky(a: FlakyArgs) -> Result<ExitCode> {
         .status()
         .context("cargo test --no-run")?;
     anyhow::ensure!(built.success(), "the tests do not build");
+    // Only this invocation's failures: an older run-N.log would mislead.
+    let logs = root.join("target/flaky");
+    match std::fs::remove_dir_all(&logs) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("clearing {}", logs.display()))
+        }
+        _ => {}
+    }
     let mut failures: BTreeMap<String, u32> = BTreeMap::new();
     let mut failed_runs = 0;
     for run in 1..=a.runs {
@@ -69,9 +77,8 @@ pub fn flaky(a: FlakyArgs) -> Result<ExitCode> {
         if !ok {
             failed_runs += 1;
             // A failure is worth only what its output says: kept whole.
-            let dir = root.join("target/flaky");
-            let log = dir.join(format!("run-{run}.log"));
-            std::fs::create_dir_all(&dir)
+            let log = logs.join(format!("run-{run}.log"));
+            std::fs::create_dir_all(&logs)
                 .and_then(|()| std::fs::write(&log, [&out.stdout[..], &out.stderr[..]].concat()))
                 .with_context(|| format!("keeping the output in {}", log.display()))?;
             println!("flaky: run {run}'s output: {}", log.display());

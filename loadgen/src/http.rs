@@ -49,20 +49,47 @@ fn at(step: &'static str) -> impl Fn(io::Error) -> io::Error {
     move |e| io::Error::new(e.kind(), format!("{step}: {e}"))
 }
 
-/// Like [`get_detailed`], also returning the time to connect.
-pub fn get_timed(
-    addr: SocketAddr,
-    path: &str,
-    timeout: Duration,
-) -> (Outcome, Duration, Option<String>) {
+/// One request as [`get_timed`] saw it.
+#[derive(Debug)]
+pub struct Attempt {
+    pub outcome: Outcome,
+    /// Time to connect (zero on a reused connection).
+    pub connect: Duration,
+    /// The error's text, when it failed.
+    pub detail: Option<String>,
+    /// It failed in `connect()` itself: the handshake did not complete, so
+    /// no server process had a byte of it (a process that closes a
+    /// connection it read nothing from sends a FIN, not a reset).
+    pub in_connect: bool,
+}
+
+/// Like [`get_detailed`], also returning the time to connect and whether
+/// the failure was in the handshake.
+pub fn get_timed(addr: SocketAddr, path: &str, timeout: Duration) -> Attempt {
     let t = Instant::now();
     let mut stream = match connect(addr, timeout) {
         Ok(s) => s,
-        Err(e) => return (classify(&e), t.elapsed(), Some(e.to_string())),
+        Err(e) => return Attempt::connect_failed(&e, t.elapsed()),
     };
-    let connected = t.elapsed();
-    let (o, d) = outcome_of(request_and_close(&mut stream, addr, path));
-    (o, connected, d)
+    let connect = t.elapsed();
+    let (outcome, detail) = outcome_of(request_and_close(&mut stream, addr, path));
+    Attempt {
+        outcome,
+        connect,
+        detail,
+        in_connect: false,
+    }
+}
+
+impl Attempt {
+    pub fn connect_failed(e: &io::Error, connect: Duration) -> Self {
+        Attempt {
+            outcome: classify(e),
+            connect,
+            detail: Some(e.to_string()),
+            in_connect: true,
+        }
+    }
 }
 
 /// Sends `GET path` with `Connection: close` and reads the whole answer.

@@ -214,11 +214,12 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     // that answered most.
     let top = r.pids.iter().max_by_key(|(_, n)| **n);
     println!(
-        "requests={} ok={} failed={} failures={:?} servers={} top_pid={} elapsed_ms={}",
+        "requests={} ok={} failed={} failures={:?} in_connect={:?} servers={} top_pid={} elapsed_ms={}",
         r.ok + r.failed(),
         r.ok,
         r.failed(),
         r.failures,
+        r.in_connect,
         r.pids.len(),
         top.map_or("-".into(), |(pid, n)| format!("{pid}({n})")),
         r.elapsed.as_millis()

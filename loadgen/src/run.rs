@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::http::{self, Outcome};
+use crate::http::{self, Attempt, Outcome};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -92,6 +92,9 @@ pub struct Report {
     pub ok: usize,
     /// Failures counted by [`Outcome::kind`].
     pub failures: BTreeMap<&'static str, usize>,
+    /// Of those, the ones that failed in `connect()`, by kind: the handshake
+    /// did not complete (see [`Attempt::in_connect`]).
+    pub in_connect: BTreeMap<&'static str, usize>,
     /// The first few failures, in full.
     pub examples: Vec<String>,
     /// Requests served by each PID.
@@ -104,6 +107,11 @@ pub struct Report {
 impl Report {
     pub fn failed(&self) -> usize {
         self.failures.values().sum()
+    }
+
+    /// Failures after the handshake completed: requests a server had.
+    pub fn failed_after_connect(&self) -> usize {
+        self.failed() - self.in_connect.values().sum::<usize>()
     }
 }
 
@@ -118,40 +126,46 @@ impl Worker {
     /// connection before any answer is retried once on a new one (what
     /// HTTP clients do for idempotent requests: the server may close an
     /// idle connection at the same moment).
-    fn request(&mut self) -> (Outcome, Duration, Option<String>) {
+    fn request(&mut self) -> Attempt {
         if !self.opts.keepalive {
             return http::get_timed(self.opts.addr, &self.opts.path, self.opts.timeout);
         }
         let reused = self.conn.is_some();
-        let (o, connect, d) = self.keepalive_once();
-        if reused && matches!(o, Outcome::Closed | Outcome::Reset) {
+        let first = self.keepalive_once();
+        if reused && matches!(first.outcome, Outcome::Closed | Outcome::Reset) {
             return self.keepalive_once();
         }
-        (o, connect, d)
+        first
     }
 
-    fn keepalive_once(&mut self) -> (Outcome, Duration, Option<String>) {
+    fn keepalive_once(&mut self) -> Attempt {
         let mut connect = Duration::ZERO;
         if self.conn.is_none() {
             let t = Instant::now();
             match http::connect(self.opts.addr, self.opts.timeout) {
                 Ok(c) => self.conn = Some(c),
-                Err(e) => return (http::classify(&e), t.elapsed(), Some(e.to_string())),
+                Err(e) => return Attempt::connect_failed(&e, t.elapsed()),
             }
             connect = t.elapsed();
         }
         let conn = self.conn.as_mut().expect("connected above");
-        match http::keepalive_get(conn, self.opts.addr, &self.opts.path) {
+        let (outcome, detail) = match http::keepalive_get(conn, self.opts.addr, &self.opts.path) {
             Ok((outcome, keep)) => {
                 if !keep {
                     self.conn = None;
                 }
-                (outcome, connect, None)
+                (outcome, None)
             }
             Err(e) => {
                 self.conn = None;
-                (http::classify(&e), connect, Some(e.to_string()))
+                (http::classify(&e), Some(e.to_string()))
             }
+        };
+        Attempt {
+            outcome,
+            connect,
+            detail,
+            in_connect: false,
         }
     }
 }
@@ -214,7 +228,12 @@ pub fn run(opts: &Options) -> Report {
                         }
                         None => Instant::now(),
                     };
-                    let (outcome, connect, detail) = worker.request();
+                    let Attempt {
+                        outcome,
+                        connect,
+                        detail,
+                        in_connect,
+                    } = worker.request();
                     let total = began.elapsed();
                     let kind = outcome.kind();
                     done.fetch_add(1, Ordering::Relaxed);
@@ -230,6 +249,9 @@ pub fn run(opts: &Options) -> Report {
                         failure => {
                             failed.fetch_add(1, Ordering::Relaxed);
                             *r.failures.entry(failure.kind()).or_default() += 1;
+                            if in_connect {
+                                *r.in_connect.entry(failure.kind()).or_default() += 1;
+                            }
                             if r.examples.len() < 5 {
                                 let at_ms = (began - start).as_millis();
                                 r.examples.push(format!(

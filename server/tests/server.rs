@@ -282,9 +282,31 @@ fn sigquit_ends_at_once() {
 
 /// The handover the whole project is about, without the plug: a second
 /// server joins, the first is told to go, and with `tcp_migrate_req=1` not a
-/// single request of a steady new-connection-per-request load fails.
+/// single request of a steady new-connection-per-request load fails that a
+/// server process had: whatever a server accepted, it answered.
+///
+/// What the kernel does to a handshake that meets the closing listener is
+/// not the server's to promise (docs/strategies.md, `migrate`: the plug
+/// closes it, and the guest tests assert zero with it). Two races were seen
+/// here, each about once in 700 runs:
+///
+/// - the ACK finds the listener closed and the request not migrated: the
+///   connection is reset inside `connect()`;
+/// - the ACK is processed while `close()` is under way on the listener (its
+///   shutdown flags set, its state still LISTEN): the new connection
+///   inherits the flags, is migrated to the second server, and its own
+///   kernel sends a FIN at once and a reset when the request arrives (the
+///   `inet_sock_set_state` tracepoint shows `tcp_shutdown` from
+///   `tcp_rcv_state_process` in softirq). The client's `connect()`
+///   succeeded; no process ever had a byte of it.
+///
+/// So: failures in `connect()` must be resets, at most two; failures after
+/// it at most one, and only if the namespace's counters show a migrated
+/// request and a reset for data on a shut-down socket (`TCPMigrateReqSuccess`,
+/// `TCPAbortOnData`). A server that closed connections before their
+/// request (drain rule 2 broken) or left them queued (rule 1) loses many.
 #[test]
-fn handover_under_load_loses_no_request() {
+fn handover_under_load_loses_no_accepted_request() {
     in_netns("handover under load", || {
         if !std::path::Path::new("/proc/sys/net/ipv4/tcp_migrate_req").exists() {
             return testkit::skip("this kernel has no net.ipv4.tcp_migrate_req (Linux < 5.14)");
@@ -319,14 +341,31 @@ fn handover_under_load_loses_no_request() {
             "first server: {status:?} {:?}",
             first.drain_log()
         );
-        assert_eq!(report.failed(), 0, "failed requests: {report:?}");
+        let in_connect: usize = report.in_connect.values().sum();
+        assert!(
+            report.in_connect.keys().all(|k| *k == "reset") && in_connect <= 2,
+            "handshakes that failed: {:?} ({report:?})",
+            report.in_connect
+        );
+        let after_connect = report.failed_after_connect();
+        let counter = |name| testkit::netns::tcp_ext_counter(name).expect("TcpExt counters");
+        let (migrated, aborted) = (counter("TCPMigrateReqSuccess"), counter("TCPAbortOnData"));
+        assert!(
+            after_connect == 0
+                || (after_connect == 1
+                    && report.failures.keys().all(|k| *k == "reset")
+                    && migrated >= 1
+                    && aborted >= 1),
+            "requests lost after their handshake: {after_connect} (kernel: {migrated} \
+             migrated requests, {aborted} resets for data on a shut-down socket): {report:?}"
+        );
         assert!(
             report.ok >= at_exit + 1_000,
             "the load stopped early: {report:?}"
         );
         assert!(report.pids.contains_key(&first.pid()), "{:?}", report.pids);
         assert!(report.pids.contains_key(&second.pid()), "{:?}", report.pids);
-        eprintln!("handover: {report:?}");
+        eprintln!("handover: {migrated} migrated requests, {aborted} resets for data after shutdown: {report:?}");
     });
 }
 

@@ -35,6 +35,38 @@ pub fn set_sysctl(name: &str, value: &str) -> io::Result<()> {
     std::fs::write(format!("/proc/sys/{name}"), value)
 }
 
+/// One `TcpExt` counter of the calling thread's network namespace (the
+/// names `nstat` shows, without the prefix: `TCPMigrateReqSuccess`). The
+/// file is two lines per group, names then values; too small a format to
+/// take a procfs crate for. A counter this kernel does not have is an error.
+pub fn tcp_ext_counter(name: &str) -> io::Result<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat")?;
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        let (Some(("TcpExt", names)), Some(("TcpExt", values))) =
+            (names.split_once(": "), values.split_once(": "))
+        else {
+            continue;
+        };
+        if let Some((_, v)) = names
+            .split(' ')
+            .zip(values.split(' '))
+            .find(|(n, _)| *n == name)
+        {
+            return v.parse().map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("TcpExt {name} = {v:?}: {e}"),
+                )
+            });
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("this kernel has no TcpExt counter {name} in /proc/net/netstat"),
+    ))
+}
+
 fn set_up(ifname: &str) -> io::Result<()> {
     // SAFETY: a plain socket() call; the fd is closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };

@@ -95,6 +95,10 @@ pub enum Error {
         addr: SocketAddr,
         n: usize,
     },
+    #[error(
+        "a listener on {addr} is still in another BPF map after {waited:?} (EBUSY): another steering program holds it; stop that program's owner, then start again"
+    )]
+    Busy { addr: SocketAddr, waited: Duration },
     #[error("attaching the steering program to the group of {addr}: {source}")]
     Attach {
         addr: SocketAddr,
@@ -331,20 +335,44 @@ impl Steer {
 }
 
 /// How long a predecessor's map may keep our sockets (`EBUSY`) after its
-/// program was replaced: the kernel frees it from a work queue.
-const BUSY_FOR: Duration = Duration::from_secs(2);
+/// program was replaced. The kernel frees it once an RCU grace period has
+/// passed (10-30 ms here, seen under load too; a stalled vCPU makes it
+/// longer): this bound is the kernel's own RCU stall timeout (21 s by
+/// default, 60 s at most), past which the kernel itself reports a stall.
+/// Only an adopted generation's sockets can be held so (a new one's are
+/// fresh), and the orphans serve meanwhile: waiting costs no client.
+const BUSY_FOR: Duration = Duration::from_secs(60);
 
 impl Group {
     /// `socks[index] = sock`, waiting out a predecessor's map.
     fn set(&mut self, index: u32, sock: &OwnedFd) -> Result<(), Error> {
-        let end = Instant::now() + BUSY_FOR;
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        let mut busy = false;
         loop {
             match self.socks.set(index, sock, 0) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if busy {
+                        crate::logging::log(&format!(
+                            "steer: {}: a killed reloader's map held a listener for {} ms (freed by the kernel after an RCU grace period)",
+                            self.addr,
+                            start.elapsed().as_millis()
+                        ));
+                    }
+                    return Ok(());
+                }
                 Err(aya::maps::MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::EBUSY) && Instant::now() < end =>
+                    if e.io_error.raw_os_error() == Some(libc::EBUSY) =>
                 {
-                    std::thread::sleep(Duration::from_millis(1));
+                    if start.elapsed() >= BUSY_FOR {
+                        return Err(Error::Busy {
+                            addr: self.addr,
+                            waited: start.elapsed(),
+                        });
+                    }
+                    busy = true;
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(64));
                 }
                 Err(source) => {
                     return Err(Error::Map {

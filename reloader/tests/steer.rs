@@ -42,7 +42,7 @@ fn reloader(strategy: &str, addrs: &[&str], extra: &[&str], script: &str) -> (Pr
     cmd.args(["--", "sh", "-c", script]);
     let mut r = Proc::spawn(&mut cmd).unwrap();
     assert!(
-        r.wait_line("reloader: serving", Duration::from_secs(20))
+        r.wait_line("reloader: serving", Duration::from_secs(90))
             .is_some(),
         "{:?}",
         r.drain_log()

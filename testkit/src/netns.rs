@@ -5,17 +5,69 @@
 //! the namespace. The new namespace has only `lo`, down: we bring it up.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
 
 /// Runs `f` on a new thread inside a new network namespace with `lo` up.
 /// `Err` means the namespace could not be made (the caller should skip).
 pub fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
     let handle = std::thread::spawn(move || -> Result<T, String> {
         enter().map_err(|e| format!("needs a private network namespace (CAP_SYS_ADMIN): {e}"))?;
-        Ok(f())
+        let ns = namespace().map_err(|e| format!("reading our network namespace: {e}"))?;
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        // A failed test leaves what it started (a server a killed reloader
+        // orphaned, say): the namespace is ours, so is everything in it.
+        end_processes_in(&ns);
+        out.map_err(|panic| std::panic::resume_unwind(panic))
     });
     match handle.join() {
         Ok(r) => r,
         Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// The calling thread's network namespace, as `/proc` names it.
+fn namespace() -> io::Result<std::path::PathBuf> {
+    std::fs::read_link("/proc/thread-self/ns/net")
+}
+
+/// SIGKILLs every process (other than ours) in network namespace `ns`.
+fn end_processes_in(ns: &std::path::Path) {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        // Held by a pidfd, then checked: a PID reused meanwhile is not
+        // signalled. A process gone meanwhile has no pidfd: nothing to end.
+        // SAFETY: pidfd_open takes a PID and flags; the result is a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: a new fd that nothing else owns.
+        let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        if std::fs::read_link(entry.path().join("ns/net")).is_ok_and(|l| l == ns) {
+            // SAFETY: pidfd_send_signal takes a pidfd, a signal, no info, no flags.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+        }
     }
 }
 

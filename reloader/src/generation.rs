@@ -47,6 +47,11 @@ pub trait Process: Send {
     fn has(&self, pid: u32) -> bool;
     /// The socket inodes among its open files. One that has exited owns none.
     fn sockets(&self) -> std::io::Result<BTreeSet<u32>>;
+    /// Which of `inodes` it holds: `sockets` ∩ `inodes`, looked up with
+    /// less where it can (stopping once all are found).
+    fn holding(&self, inodes: &BTreeSet<u32>) -> std::io::Result<BTreeSet<u32>> {
+        Ok(self.sockets()?.intersection(inodes).copied().collect())
+    }
 }
 
 /// A child we started, leading a process group of its own.
@@ -194,6 +199,13 @@ impl Generation {
         self.proc.sockets()
     }
 
+    /// Which of `inodes` it holds (as `sockets`, but its leader's fds are
+    /// read only until all are found, and its other members only if the
+    /// leader lacks some).
+    pub fn holding(&self, inodes: &BTreeSet<u32>) -> std::io::Result<BTreeSet<u32>> {
+        self.proc.holding(inodes)
+    }
+
     /// Where its processes hold each of `inodes`: one (PID, fd) per socket
     /// (the first member found holding it), for `pidfd_getfd`.
     pub fn fds_of(&self, inodes: &BTreeSet<u32>) -> std::io::Result<Vec<(u32, i32)>> {
@@ -303,6 +315,14 @@ impl Process for Group {
         pid == self.pid || stat_state_group(pid).is_some_and(|(_, g)| g == self.pid)
     }
 
+    fn holding(&self, inodes: &BTreeSet<u32>) -> std::io::Result<BTreeSet<u32>> {
+        let found = crate::privs::inspecting(|| find_sockets(self.pid, inodes))?;
+        if found.len() == inodes.len() {
+            return Ok(found);
+        }
+        Ok(self.sockets()?.intersection(inodes).copied().collect())
+    }
+
     fn sockets(&self) -> std::io::Result<BTreeSet<u32>> {
         let mut all = owned_sockets(self.pid)?;
         for pid in group_members(self.pid) {
@@ -365,12 +385,18 @@ impl Process for Adopted {
     fn sockets(&self) -> std::io::Result<BTreeSet<u32>> {
         owned_sockets(self.pid)
     }
+
+    fn holding(&self, inodes: &BTreeSet<u32>) -> std::io::Result<BTreeSet<u32>> {
+        crate::privs::inspecting(|| find_sockets(self.pid, inodes))
+    }
 }
 
 /// The live members of process group `pgid` among our descendants (the
 /// group's leader's descendants, and our own children: members whose parent
 /// exited are reparented to us, the subreaper). Zombie members that are our
 /// children are reaped on the way (never the leader: tokio reaps it).
+/// Other generations' processes are not walked: among our own children,
+/// only the group's are descended into.
 fn group_members(pgid: u32) -> Vec<u32> {
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() } as u32;
@@ -385,6 +411,9 @@ fn group_members(pgid: u32) -> Vec<u32> {
             let Some((state, group)) = stat_state_group(child) else {
                 continue; // gone meanwhile
             };
+            if pid == me && group != pgid {
+                continue; // another generation (or its leader's zombie)
+            }
             if group == pgid {
                 if state == 'Z' && pid == me && child != pgid {
                     // SAFETY: waitpid on our own zombie child, not the
@@ -443,6 +472,39 @@ fn read_sockets(pid: u32) -> std::io::Result<BTreeSet<u32>> {
     Ok(read_socket_fds(pid)?.into_iter().map(|(_, i)| i).collect())
 }
 
+/// Which of `want` process `pid` holds, reading its fds only until all are
+/// found.
+fn find_sockets(pid: u32, want: &BTreeSet<u32>) -> std::io::Result<BTreeSet<u32>> {
+    let mut found = BTreeSet::new();
+    if want.is_empty() {
+        return Ok(found);
+    }
+    let dir = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(e),
+    };
+    for entry in dir.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue; // closed while we read
+        };
+        if let Some(inode) = socket_inode(&target.to_string_lossy()) {
+            if want.contains(&inode) && found.insert(inode) && found.len() == want.len() {
+                break;
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// `INODE` of an fd link `socket:[INODE]`.
+fn socket_inode(link: &str) -> Option<u32> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
 /// `pid`'s open sockets: (fd, inode).
 fn read_socket_fds(pid: u32) -> std::io::Result<Vec<(i32, u32)>> {
     let dir = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
@@ -456,11 +518,7 @@ fn read_socket_fds(pid: u32) -> std::io::Result<Vec<(i32, u32)>> {
         let Ok(target) = std::fs::read_link(entry.path()) else {
             continue;
         };
-        let t = target.to_string_lossy();
-        let inode = t
-            .strip_prefix("socket:[")
-            .and_then(|r| r.strip_suffix(']'))
-            .and_then(|n| n.parse().ok());
+        let inode = socket_inode(&target.to_string_lossy());
         let fd = entry.file_name().to_str().and_then(|f| f.parse().ok());
         if let (Some(fd), Some(inode)) = (fd, inode) {
             out.push((fd, inode));

@@ -115,10 +115,13 @@ impl Listeners {
         state: u32,
         out: &mut Vec<(u16, u32, u32)>,
     ) -> Result<(), DiagError> {
-        for (family, id) in [
+        for (family, mut id) in [
             (AF_INET, SocketId::new_v4()),
             (AF_INET6, SocketId::new_v6()),
         ] {
+            // The kernel skips other ports' sockets itself: a busy host's
+            // thousands of connections are never copied to us.
+            id.source_port = port.unwrap_or(0);
             self.seq = self.seq.wrapping_add(1);
             let mut header = NetlinkHeader::default();
             header.flags = NLM_F_REQUEST | NLM_F_DUMP;

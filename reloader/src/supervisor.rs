@@ -49,6 +49,12 @@ const START_POLL: Every = Every {
     most: Duration::from_millis(32),
 };
 
+/// How long a starting server is not looked for in the kernel when the
+/// last one offered the gate (`RELOADER_GATE`): its offer ends the wait,
+/// and a look before it finds nothing. A server that no longer offers it
+/// is looked for from then on, as any other.
+const START_QUIET: Duration = Duration::from_millis(100);
+
 /// The pace of a wait's looks: `first` apart, doubling up to `most`.
 #[derive(Clone, Copy)]
 struct Every {
@@ -97,6 +103,8 @@ struct Ctx {
     /// the group holds only these, the new one has none, and its
     /// `/proc/PID/fd` need not be read (the costliest poll of a start).
     others: BTreeSet<u32>,
+    /// The last generation to start offered the gate (see `START_QUIET`).
+    gated: bool,
 }
 
 pub struct Supervisor {
@@ -260,29 +268,33 @@ impl Ctx {
         Ok(missing)
     }
 
-    /// `gen`'s listeners in the group that are not known as another
-    /// generation's (`others`): sock_diag's listeners among its open
-    /// sockets. While the group holds only known ones, there is no new one
-    /// to look for, and its `/proc/PID/fd` is not read.
+    /// The listeners in the group not known yet (not in `others`) that
+    /// `gen` holds: sock_diag's listeners among its open sockets (under
+    /// handoff, every one it holds). While the group holds only known ones,
+    /// there is none to look for, and its `/proc/PID/fd` is not read; else
+    /// it is read until they are found.
     fn its_listeners(&mut self, gen: &Generation) -> Result<BTreeSet<u32>, Error> {
         let all = self.listening()?;
         if all.is_empty() {
             return Ok(all);
         }
-        // Sockets every generation shares (handoff) are everyone's.
-        if self.swap.at_close() != AtClose::Shared && all.is_subset(&self.others) {
-            return Ok(BTreeSet::new());
-        }
-        let own = gen.sockets().map_err(|source| Error::Proc {
+        let err = |source| Error::Proc {
             pid: gen.pid,
             source,
-        })?;
-        Ok(all.intersection(&own).copied().collect())
+        };
+        // Sockets every generation shares (handoff) are everyone's.
+        if self.swap.at_close() == AtClose::Shared {
+            let own = gen.sockets().map_err(err)?;
+            return Ok(all.intersection(&own).copied().collect());
+        }
+        let unknown: BTreeSet<u32> = all.difference(&self.others).copied().collect();
+        gen.holding(&unknown).map_err(err)
     }
 
     /// Step 2: waits until `gen` is bound behind its gate or in the group.
     async fn wait_started(&mut self, gen: &mut Generation) -> Result<Started, Refusal> {
-        let end = Instant::now() + self.opts.ready_timeout;
+        let start = Instant::now();
+        let end = start + self.opts.ready_timeout;
         self.poll(end, START_POLL, |ctx, late| {
             if let Some(status) = gen.exited() {
                 return Err(Refusal::Exited {
@@ -296,6 +308,9 @@ impl Ctx {
                     Message::Offer(addr) => return Ok(Some(Started::Gate(addr, pid))),
                     Message::Ready | Message::DrainCut(_) => {}
                 }
+            }
+            if ctx.gated && !late && start.elapsed() < START_QUIET {
+                return Ok(None);
             }
             // Between fork and exec the child is still a copy of us, and a
             // reloader started from a file with capabilities is not
@@ -400,15 +415,12 @@ impl Ctx {
                 ready |= gen.has(pid) && note == Message::Ready;
             }
             // READY=1 comes after its last listen(): only then are its
-            // listeners worth looking for.
+            // listeners worth looking for, and one look finds them all.
             if ready || late {
-                let mine = ctx.its_listeners(gen)?;
-                if ready && !mine.is_empty() && ctx.missing_ports(gen)?.is_empty() {
-                    // Asked again, as in `wait_started`.
-                    gen.listeners = ctx.its_listeners(gen)?;
+                gen.listeners = ctx.its_listeners(gen)?;
+                if ready && !gen.listeners.is_empty() && ctx.missing_ports(gen)?.is_empty() {
                     return Ok(Some(()));
                 }
-                gen.listeners = mine;
             }
             match late {
                 true => Err(Refusal::NoJoin {
@@ -706,6 +718,7 @@ impl Supervisor {
                 spawn,
                 notify,
                 others: BTreeSet::new(),
+                gated: false,
             },
             current: first,
             pending: None,
@@ -793,7 +806,9 @@ impl Supervisor {
 
     /// Steps 2 and 3 for `gen`. On success it is in the group and healthy.
     async fn bring_up(ctx: &mut Ctx, gen: &mut Generation) -> Result<&'static str, Refusal> {
-        match ctx.wait_started(gen).await? {
+        let started = ctx.wait_started(gen).await?;
+        ctx.gated = matches!(started, Started::Gate(..));
+        match started {
             Started::Gate(addr, by) => {
                 ctx.check(gen, Some(addr)).await?;
                 ctx.join(gen, by).await?;
@@ -1244,6 +1259,7 @@ mod tests {
                 spawn: Box::new(FakeSpawn(w.clone())),
                 notify: Notify::from_channel("/nonexistent".into(), notes),
                 others: BTreeSet::new(),
+                gated: false,
             },
             current: scripted(1, 1001, first),
             pending: None,

@@ -2,7 +2,8 @@
 # for SECONDS, then the reloader's own CPU (utime + stime in
 # /proc/PID/stat) and that of the generations it reaped (cutime +
 # cstime), each divided by the reloads. With --strace, also the
-# reloader's system calls by count (strace -c -f), its profile.
+# reloader's system calls by count (strace -c -f; with STRACE_F= set
+# empty, the reloader's own only), its profile.
 # In the VM: `cargo xtask vm -- sh /scenarios/cpu.sh plug`; on the host,
 # with the release binaries first on PATH, in a private network
 # namespace: `unshare -n sh xtask/scenarios/cpu.sh none`.
@@ -23,7 +24,7 @@ grep -q 'reloader: serving' /tmp/cpu-$$.log || fail "the reloader did not start"
 ticks() { sed 's/.*) //' /proc/$1/stat | cut -d' ' -f12-15; }
 r0=$(grep -c 'reload #[0-9]*: ok' /tmp/cpu-$$.log); t0=$(ticks $R)
 if [ "$TRACE" = --strace ]; then
-    timeout "$SECS" strace -c -f -p $R -o /tmp/cpu-$$.strace 2>/dev/null
+    timeout "$SECS" strace -c ${STRACE_F--f} -p $R -o /tmp/cpu-$$.strace 2>/dev/null
 else
     sleep "$SECS" # the measured window itself
 fi

@@ -49,10 +49,11 @@ const START_POLL: Every = Every {
     most: Duration::from_millis(32),
 };
 
-/// How long a starting server is not looked for in the kernel when the
-/// last one offered the gate (`RELOADER_GATE`): its offer ends the wait,
-/// and a look before it finds nothing. A server that no longer offers it
-/// is looked for from then on, as any other.
+/// How long a starting server is spared the costlier looks: it is not
+/// looked for in the kernel when the last one offered the gate
+/// (`RELOADER_GATE`: its offer ends the wait, a look before it finds
+/// nothing; one that no longer offers it is looked for from then on), and
+/// a failed check does not look for listeners of its own (see `check`).
 const START_QUIET: Duration = Duration::from_millis(100);
 
 /// The pace of a wait's looks: `first` apart, doubling up to `most`.
@@ -283,11 +284,10 @@ impl Ctx {
             source,
         };
         // Sockets every generation shares (handoff) are everyone's.
-        if self.swap.at_close() == AtClose::Shared {
-            let own = gen.sockets().map_err(err)?;
-            return Ok(all.intersection(&own).copied().collect());
-        }
-        let unknown: BTreeSet<u32> = all.difference(&self.others).copied().collect();
+        let unknown = match self.swap.at_close() {
+            AtClose::Shared => all,
+            _ => all.difference(&self.others).copied().collect(),
+        };
         gen.holding(&unknown).map_err(err)
     }
 
@@ -352,7 +352,8 @@ impl Ctx {
 
     /// Step 3: checks `gen` until it passes, exits, or the ready timeout.
     async fn check(&mut self, gen: &mut Generation, at: Option<SocketAddr>) -> Result<(), Refusal> {
-        let deadline = Instant::now() + self.opts.ready_timeout;
+        let started = Instant::now();
+        let deadline = started + self.opts.ready_timeout;
         // The most telling failure: the new server's own answer.
         let mut telling: Option<String> = None;
         let mut gap = START_POLL.first;
@@ -381,9 +382,13 @@ impl Ctx {
                 Err(f) if telling.is_none() && Instant::now() >= deadline => telling = Some(f.text),
                 Err(_) => {}
             }
-            // A check that hangs on a handed-over socket nobody accepts:
-            // the server bound one of its own instead.
-            self.refuse_own_listeners(gen)?;
+            // A check that hangs on a handed-over socket nobody accepts
+            // (or that the old generation answers every time): the server
+            // bound one of its own instead. Looked for once the start is
+            // slower than a server's that took them.
+            if started.elapsed() >= START_QUIET {
+                self.refuse_own_listeners(gen)?;
+            }
             if Instant::now() >= deadline {
                 return Err(Refusal::Unhealthy {
                     pid: gen.pid,

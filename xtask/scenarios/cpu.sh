@@ -12,7 +12,7 @@ set -u
 ST=$1 SECS=${2:-20} TRACE=${3:-}
 fail() { echo "FAIL: $*"; tail -5 /tmp/cpu-$$.log; exit 1; }
 ip link set lo up 2>/dev/null
-SERVER="reuse-server --listen 127.0.0.1:7000"
+SERVER="reuse-server --listen 127.0.0.1:7000 ${SERVER_ARGS:-}"
 # steer checks a server that joins at once as well (the gate is optional).
 [ "$ST" = steer ] && SERVER="env -u RELOADER_GATE $SERVER"
 reloader run --strategy "$ST" --every 100ms --drain-timeout 5s --control /tmp/cpu-$$.sock -- $SERVER 2>/tmp/cpu-$$.log &

@@ -336,9 +336,9 @@ impl Steer {
 
 /// How long a predecessor's map may keep our sockets (`EBUSY`) after its
 /// program was replaced. The kernel frees it once an RCU grace period has
-/// passed (10-30 ms here, seen under load too; a stalled vCPU makes it
-/// longer): this bound is the kernel's own RCU stall timeout (21 s by
-/// default, 60 s at most), past which the kernel itself reports a stall.
+/// passed (tens of milliseconds; docs/testing.md): this bound is the
+/// kernel's own RCU stall timeout (21 s by default, 60 s at most), past
+/// which the kernel itself reports a stall.
 /// Only an adopted generation's sockets can be held so (a new one's are
 /// fresh), and the orphans serve meanwhile: waiting costs no client.
 const BUSY_FOR: Duration = Duration::from_secs(60);

@@ -479,52 +479,38 @@ fn find_sockets(pid: u32, want: &BTreeSet<u32>) -> std::io::Result<BTreeSet<u32>
     if want.is_empty() {
         return Ok(found);
     }
-    let dir = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-        Err(e) => return Err(e),
-    };
-    for entry in dir.flatten() {
-        let Ok(target) = std::fs::read_link(entry.path()) else {
-            continue; // closed while we read
-        };
-        if let Some(inode) = socket_inode(&target.to_string_lossy()) {
-            if want.contains(&inode) && found.insert(inode) && found.len() == want.len() {
-                break;
-            }
+    for (_, inode) in socket_fds(pid)? {
+        if want.contains(&inode) && found.insert(inode) && found.len() == want.len() {
+            break;
         }
     }
     Ok(found)
 }
 
-/// `INODE` of an fd link `socket:[INODE]`.
-fn socket_inode(link: &str) -> Option<u32> {
-    link.strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
 /// `pid`'s open sockets: (fd, inode).
 fn read_socket_fds(pid: u32) -> std::io::Result<Vec<(i32, u32)>> {
+    Ok(socket_fds(pid)?.collect())
+}
+
+/// `pid`'s open sockets, (fd, inode), read from `/proc/PID/fd` links
+/// (`socket:[INODE]`) as they are asked for. A vanished process has none.
+fn socket_fds(pid: u32) -> std::io::Result<impl Iterator<Item = (i32, u32)>> {
     let dir = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Ok(d) => Some(d),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
-    let mut out = Vec::new();
-    for entry in dir.flatten() {
+    Ok(dir.into_iter().flatten().flatten().filter_map(|entry| {
         // An fd closed while we read is simply gone.
-        let Ok(target) = std::fs::read_link(entry.path()) else {
-            continue;
-        };
-        let inode = socket_inode(&target.to_string_lossy());
-        let fd = entry.file_name().to_str().and_then(|f| f.parse().ok());
-        if let (Some(fd), Some(inode)) = (fd, inode) {
-            out.push((fd, inode));
-        }
-    }
-    Ok(out)
+        let target = std::fs::read_link(entry.path()).ok()?;
+        let t = target.to_string_lossy();
+        let inode = t
+            .strip_prefix("socket:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()?;
+        Some((entry.file_name().to_str()?.parse().ok()?, inode))
+    }))
 }
 
 /// The processes of our own user that own any of `listeners`, with the

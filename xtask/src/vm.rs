@@ -69,6 +69,9 @@ fn prepare_kernel(kernel: Kernel) -> Result<Prepared> {
 pub enum Failure {
     Panic,
     Timeout(Duration),
+    /// The guest's init never printed its first line: qemu or the kernel
+    /// hung before our code ran (seen once under TCG, stuck after SeaBIOS).
+    NoBoot(Duration),
     NoResult,
 }
 
@@ -79,6 +82,11 @@ impl std::fmt::Display for Failure {
             Failure::Timeout(t) => write!(
                 f,
                 "the guest gave no result within {} s (hang?)",
+                t.as_secs()
+            ),
+            Failure::NoBoot(t) => write!(
+                f,
+                "the guest did not reach its init within {} s (a boot hang, before any scenario ran)",
                 t.as_secs()
             ),
             Failure::NoResult => write!(f, "the guest stopped without printing its result line"),
@@ -156,6 +164,12 @@ impl Prepared {
     }
 }
 
+/// How long a guest may take to reach its init's first line (3-20 s seen
+/// under TCG on 2 cores, with the load of a test run beside it).
+const BOOT_WITHIN: Duration = Duration::from_secs(120);
+/// The first line the guest's init prints.
+const INIT_PREFIX: &str = "xtask-vm: kernel ";
+
 fn boot(
     vmlinuz: &Path,
     initrd: &Path,
@@ -214,12 +228,18 @@ fn boot(
     }
     drop(tx);
 
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
+    // A boot that hangs fails within BOOT_WITHIN, not the scenario's timeout.
+    let boot_deadline = started + BOOT_WITHIN.min(timeout);
+    let mut booted = false;
     let mut results = Vec::new();
     let outcome = loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let until = if booted { deadline } else { boot_deadline };
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
             Ok(line) => {
                 on_line(&line);
+                booted |= line.contains(INIT_PREFIX);
                 if line.contains("Kernel panic") {
                     break Err(Failure::Panic);
                 }
@@ -229,6 +249,9 @@ fn boot(
                 {
                     results.push(code.trim().parse::<i32>().unwrap_or(-1));
                 }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if !booted && BOOT_WITHIN < timeout => {
+                break Err(Failure::NoBoot(BOOT_WITHIN))
             }
             Err(mpsc::RecvTimeoutError::Timeout) => break Err(Failure::Timeout(timeout)),
             Err(mpsc::RecvTimeoutError::Disconnected) => break Ok(()),

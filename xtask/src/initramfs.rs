@@ -105,6 +105,8 @@ poweroff -f
 "#;
 
 /// The line `/init` prints last; exactly one must reach the host.
+/// The first line the init script above prints (the guest has booted).
+pub const INIT_PREFIX: &str = "xtask-vm: kernel ";
 pub const RESULT_PREFIX: &str = "xtask-vm: exit-status ";
 
 /// Stages the root file system in `stage` and returns it packed.

@@ -167,8 +167,6 @@ impl Prepared {
 /// How long a guest may take to reach its init's first line (3-20 s seen
 /// under TCG on 2 cores, with the load of a test run beside it).
 const BOOT_WITHIN: Duration = Duration::from_secs(120);
-/// The first line the guest's init prints.
-const INIT_PREFIX: &str = "xtask-vm: kernel ";
 
 fn boot(
     vmlinuz: &Path,
@@ -239,7 +237,7 @@ fn boot(
         match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
             Ok(line) => {
                 on_line(&line);
-                booted |= line.contains(INIT_PREFIX);
+                booted |= line.contains(initramfs::INIT_PREFIX);
                 if line.contains("Kernel panic") {
                     break Err(Failure::Panic);
                 }

@@ -19,12 +19,9 @@ R=$!
 for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/reloader.log && break; sleep 0.1; done
 grep -q 'reloader: serving' /tmp/reloader.log || fail "reloader did not start"
 
-# The guest is sized for ab's churn (`thash_entries`, xtask vm): a server
-# socket that finds the TIME_WAIT table full skips TIME_WAIT and answers its
-# client's late segments with a reset, which ab counts as an exception.
-tw_overflows() {
-    awk '/^TcpExt:/ { if (!col) { for (i = 2; i <= NF; i++) if ($i == "TCPTimeWaitOverflow") col = i; next } print $col }' /proc/net/netstat
-}
+# The guest is sized for ab's churn (`thash_entries`, xtask vm); a socket
+# that skipped TIME_WAIT resets its client's late segments (ab's "exception").
+tw_overflows() { sh "$(dirname "$0")/tw-overflows.sh"; }
 
 ab_run() { # CONC
     /usr/sbin/ab -q -s 10 -n "$REQUESTS" -c "$1" http://127.0.0.1:7000/ > /tmp/ab.out 2>&1

@@ -183,7 +183,7 @@ impl Prepared {
     }
 
     /// Where boot hangs are counted: `target/vm/hangs.log`, one line each.
-    pub fn hangs_log(&self) -> PathBuf {
+    fn hangs_log(&self) -> PathBuf {
         self.work.join("hangs.log")
     }
 

@@ -58,6 +58,9 @@ pub trait Process: Send {
 struct Group {
     pid: u32,
     child: Child,
+    /// No process of its group was left at the last look: it is never
+    /// looked for (nor signalled) again, as its ID is free for reuse.
+    gone: bool,
 }
 
 /// Not our child: its pidfd (readable once it has exited).
@@ -139,7 +142,11 @@ impl Generation {
         Ok(Generation {
             number,
             pid,
-            proc: Box::new(Group { pid, child }),
+            proc: Box::new(Group {
+                pid,
+                child,
+                gone: false,
+            }),
             listeners: BTreeSet::new(),
             stopping_since: None,
         })
@@ -263,7 +270,7 @@ impl Generation {
 impl Process for Group {
     fn send(&mut self, sig: i32, group: bool) {
         let leader_alive = matches!(self.child.try_wait(), Ok(None));
-        if group && (leader_alive || !group_members(self.pid).is_empty()) {
+        if group && (leader_alive || self.alive()) {
             // SAFETY: kill(2) on the process group we created: its ID
             // stays reserved while the leader is unreaped or any member
             // exists, both just seen.
@@ -284,9 +291,7 @@ impl Process for Group {
 
     fn exited(&mut self) -> Option<Exit> {
         let status = self.child.try_wait().ok().flatten()?;
-        group_members(self.pid)
-            .is_empty()
-            .then_some(Exit::Status(status))
+        (!self.alive()).then_some(Exit::Status(status))
     }
 
     fn wait(&mut self) -> Pin<Box<dyn Future<Output = Option<Exit>> + Send + '_>> {
@@ -294,7 +299,7 @@ impl Process for Group {
             let status = self.child.wait().await.ok().map(Exit::Status);
             // Members that outlive the leader are polled: they are not our
             // children until their parent exits, so no wait(2) sees them all.
-            while !group_members(self.pid).is_empty() {
+            while self.alive() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             status
@@ -337,6 +342,31 @@ impl Process for Group {
             }
         }
         Ok(all)
+    }
+}
+
+impl Group {
+    /// Once the leader is reaped: whether any process of its group is
+    /// left, reaping the members that are our zombie children first (see
+    /// `group_members`). Two system calls, no walk of `/proc`: kill(2) with
+    /// signal 0 finds a group while any process is in it (a zombie whose
+    /// parent lives is in it still, as in `group_members` its live parent
+    /// is). The group's ID stays reserved while one is, so a live answer
+    /// is about our group; the first dead one is kept (`gone`).
+    fn alive(&mut self) -> bool {
+        if self.gone {
+            return false;
+        }
+        let pgid = self.pid as libc::pid_t;
+        // SAFETY: waitpid on our own children of group `pgid`, without
+        // waiting; the leader is reaped already (by tokio), so this never
+        // takes its status.
+        while unsafe { libc::waitpid(-pgid, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        // SAFETY: signal 0 sends nothing; it asks whether the group exists.
+        let found = unsafe { libc::kill(-pgid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        self.gone = !found;
+        found
     }
 }
 
@@ -440,7 +470,7 @@ fn children(pid: u32) -> Vec<u32> {
     };
     let mut out = Vec::new();
     for t in tasks.flatten() {
-        if let Ok(list) = std::fs::read_to_string(t.path().join("children")) {
+        if let Ok(list) = read_proc(&t.path().join("children")) {
             out.extend(
                 list.split_whitespace()
                     .filter_map(|p| p.parse::<u32>().ok()),
@@ -453,12 +483,21 @@ fn children(pid: u32) -> Vec<u32> {
 /// State and process group of `pid`, from `/proc/PID/stat` (fields 3 and
 /// 5; the command name before them may hold spaces and parentheses).
 fn stat_state_group(pid: u32) -> Option<(char, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = read_proc(&format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let mut f = rest.split_whitespace();
     let state = f.next()?.chars().next()?;
     let _ppid = f.next()?;
     Some((state, f.next()?.parse().ok()?))
+}
+
+/// A `/proc` file, read whole in one call where it fits (they report no
+/// size, so `read_to_string` would start with a small probe read).
+fn read_proc(path: impl AsRef<Path>) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = String::with_capacity(1024);
+    std::fs::File::open(path)?.read_to_string(&mut buf)?;
+    Ok(buf)
 }
 
 /// Socket inodes open in process `pid`, read from `/proc/PID/fd` links

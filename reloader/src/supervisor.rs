@@ -52,8 +52,10 @@ const START_POLL: Every = Every {
 /// How long a starting server is spared the costlier looks: it is not
 /// looked for in the kernel when the last one offered the gate
 /// (`RELOADER_GATE`: its offer ends the wait, a look before it finds
-/// nothing; one that no longer offers it is looked for from then on), and
-/// a failed check does not look for listeners of its own (see `check`).
+/// nothing) or said `READY=1` before it was found (its word comes after
+/// its listen(): one look then finds it); one that stops saying so is
+/// looked for from then on. A failed check does not look for listeners of
+/// its own either (see `check`).
 const START_QUIET: Duration = Duration::from_millis(100);
 
 /// The pace of a wait's looks: `first` apart, doubling up to `most`.
@@ -106,6 +108,10 @@ struct Ctx {
     others: BTreeSet<u32>,
     /// The last generation to start offered the gate (see `START_QUIET`).
     gated: bool,
+    /// The last generation to start said `READY=1` before it was found in
+    /// the group: the next one is not looked for until its own word (or
+    /// `START_QUIET`).
+    readied: bool,
 }
 
 pub struct Supervisor {
@@ -295,6 +301,9 @@ impl Ctx {
     async fn wait_started(&mut self, gen: &mut Generation) -> Result<Started, Refusal> {
         let start = Instant::now();
         let end = start + self.opts.ready_timeout;
+        let mut ready = false;
+        let quiet = self.gated || self.readied;
+        self.readied = false;
         self.poll(end, START_POLL, |ctx, late| {
             if let Some(status) = gen.exited() {
                 return Err(Refusal::Exited {
@@ -306,10 +315,11 @@ impl Ctx {
                 match note {
                     _ if !gen.has(pid) => {} // another process: not its word
                     Message::Offer(addr) => return Ok(Some(Started::Gate(addr, pid))),
-                    Message::Ready | Message::DrainCut(_) => {}
+                    Message::Ready => ready = true,
+                    Message::DrainCut(_) => {}
                 }
             }
-            if ctx.gated && !late && start.elapsed() < START_QUIET {
+            if quiet && !ready && !late && start.elapsed() < START_QUIET {
                 return Ok(None);
             }
             // Between fork and exec the child is still a copy of us, and a
@@ -325,6 +335,7 @@ impl Ctx {
                     // its v6 one found); every port is known to have one
                     // now, and a listener does not leave by itself.
                     gen.listeners = ctx.its_listeners(gen)?;
+                    ctx.readied = ready;
                     return Ok(Some(Started::Joined));
                 }
                 Ok(_) => None,
@@ -594,8 +605,13 @@ impl Ctx {
 
     /// Waits until none of `gen`'s listeners is in the group (or it
     /// exited), until `end`. Returns whether they left.
-    async fn wait_left(&mut self, gen: &mut Generation, end: Instant) -> Result<bool, Error> {
-        self.poll(end, POLL, |ctx, late| {
+    async fn wait_left(
+        &mut self,
+        gen: &mut Generation,
+        end: Instant,
+        every: Every,
+    ) -> Result<bool, Error> {
+        self.poll(end, every, |ctx, late| {
             if gen.exited().is_some() || gen.listeners.is_disjoint(&ctx.listening()?) {
                 return Ok(Some(true));
             }
@@ -676,7 +692,10 @@ impl Ctx {
         let before_signal = hold.then(|| held_at.elapsed());
         gen.signal(signal);
         gen.stopping_since.get_or_insert_with(Instant::now);
-        let left = self.wait_left(gen, end).await;
+        // Nothing held: no client waits for the answer, so it is asked
+        // less often as the wait goes on.
+        let every = if hold { POLL } else { START_POLL };
+        let left = self.wait_left(gen, end, every).await;
         let held = if hold { self.swap.release()? } else { None };
         Ok(Closed {
             held,
@@ -724,6 +743,7 @@ impl Supervisor {
                 notify,
                 others: BTreeSet::new(),
                 gated: false,
+                readied: false,
             },
             current: first,
             pending: None,
@@ -1265,6 +1285,7 @@ mod tests {
                 notify: Notify::from_channel("/nonexistent".into(), notes),
                 others: BTreeSet::new(),
                 gated: false,
+                readied: false,
             },
             current: scripted(1, 1001, first),
             pending: None,

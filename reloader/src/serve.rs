@@ -12,8 +12,8 @@ use crate::report::Report;
 use crate::supervisor::Supervisor;
 use crate::{control, error, service};
 
-/// How often draining generations are looked at between reloads.
-const REAP_EVERY: Duration = Duration::from_millis(50);
+/// How often a release that failed is tried again between reloads.
+const RETRY_RELEASE: Duration = Duration::from_millis(50);
 
 /// The triggers, registered before the first generation starts (a signal
 /// that arrives during the start is then kept, not lost).
@@ -48,14 +48,15 @@ impl Supervisor {
     /// generation exits on its own (`Err`); `shutdown` comes after.
     pub async fn serve(&mut self, mut t: Triggers, report: &Report) -> anyhow::Result<()> {
         loop {
+            let (current, tend) = self.watched(RETRY_RELEASE);
             let reply = tokio::select! {
                 _ = t.term.recv() => break Ok(()),
                 _ = t.int.recv() => break Ok(()),
-                status = self.current.wait() => {
+                status = current.wait() => {
                     break Err(anyhow::anyhow!("server PID {} exited on its own ({})", self.current.pid,
                         status.map_or("unknown status".into(), |s| s.to_string())));
                 }
-                _ = tokio::time::sleep(REAP_EVERY), if self.needs_tending() => {
+                _ = tend => {
                     self.reap().await;
                     report.sigkilled(self.sigkills, self.cut_by_sigkill);
                     continue;

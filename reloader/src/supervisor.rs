@@ -48,6 +48,13 @@ const START_POLL: Every = Every {
     first: Duration::from_millis(1),
     most: Duration::from_millis(32),
 };
+/// The same while a server's own word is awaited (its gate offer or
+/// `READY=1`, which wake the wait at once): the turns in between only ask
+/// whether it exited, so they start farther apart.
+const WORD_POLL: Every = Every {
+    first: Duration::from_millis(8),
+    most: Duration::from_millis(32),
+};
 
 /// How long a starting server is spared the costlier looks: it is not
 /// looked for in the kernel when the last one offered the gate
@@ -304,7 +311,8 @@ impl Ctx {
         let mut ready = false;
         let quiet = self.gated || self.readied;
         self.readied = false;
-        self.poll(end, START_POLL, |ctx, late| {
+        let every = if quiet { WORD_POLL } else { START_POLL };
+        self.poll(end, every, |ctx, late| {
             if let Some(status) = gen.exited() {
                 return Err(Refusal::Exited {
                     pid: gen.pid,
@@ -420,7 +428,7 @@ impl Ctx {
         gen.signal_member(by, gate::JOIN_SIGNAL);
         let end = Instant::now() + self.opts.ready_timeout;
         let mut ready = false;
-        self.poll(end, START_POLL, |ctx, late| {
+        self.poll(end, WORD_POLL, |ctx, late| {
             if let Some(status) = gen.exited() {
                 return Err(Refusal::Exited {
                     pid: gen.pid,
@@ -952,10 +960,51 @@ impl Supervisor {
         self.retiring.push(gen);
     }
 
-    /// Whether `reap` has work: old generations draining, or a plug a
-    /// failed release left holding.
-    pub fn needs_tending(&self) -> bool {
-        !self.retiring.is_empty() || self.ctx.swap.holding()
+    /// The serving generation, and a wait that ends when `reap` has work:
+    /// an old generation exited (the kernel's word: its pidfd), the first
+    /// drain deadline passed, or `retry` passed while a failed release left
+    /// the plug holding. It never ends while nothing drains or is held.
+    pub fn watched(
+        &mut self,
+        retry: Duration,
+    ) -> (
+        &mut Generation,
+        std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
+    ) {
+        let holding = self.ctx.swap.holding();
+        let drain = self.ctx.opts.drain_timeout;
+        let deadline = self
+            .retiring
+            .iter()
+            .filter_map(|g| g.stopping_since)
+            .min()
+            .map(|t| t + drain);
+        let mut exits: Vec<_> = self
+            .retiring
+            .iter_mut()
+            .map(|g| Box::pin(g.wait()))
+            .collect();
+        let tend = async move {
+            let any_exit = std::future::poll_fn(|cx| {
+                use std::future::Future;
+                match exits.iter_mut().any(|f| f.as_mut().poll(cx).is_ready()) {
+                    true => std::task::Poll::Ready(()),
+                    false => std::task::Poll::Pending,
+                }
+            });
+            let until = |at: Option<Instant>| async move {
+                match at {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = any_exit => {}
+                _ = until(deadline) => {}
+                _ = until(holding.then(|| Instant::now() + retry)) => {}
+            }
+        };
+        (&mut self.current, Box::pin(tend))
     }
 
     /// Reaps drained generations; SIGKILLs those past the drain timeout,
@@ -1481,7 +1530,11 @@ mod tests {
         assert_eq!(sup.current.pid, 1002);
         assert!(sup.retiring.iter().any(|g| g.pid == 1001));
         // Not left holding: the next tending retries until the kernel agrees.
-        assert!(sup.needs_tending());
+        let due = run(async {
+            let (_, tend) = sup.watched(Duration::from_millis(1));
+            tokio::time::timeout(Duration::from_secs(5), tend).await
+        });
+        assert!(due.is_ok(), "a plug left holding makes reap due");
         run(sup.reap());
         assert_eq!(w.lock().unwrap().swap, ["hold", "release", "release"]);
         w.lock().unwrap().fail_release = false;

@@ -10,9 +10,13 @@
 # clients: the server and reloader in a namespace `srv` (192.0.2.1 on
 # veth-s), the load from a namespace `cli` (192.0.2.2) across a veth pair;
 # the plug strategies hold SYNs on veth-s's ingress (`--ingress veth-s`).
-# usage: bench.sh REQUESTS "CONCURRENCIES" "STRATEGIES" AB_REQUESTS ["PEERS"] ["CLIENTS"]
+# Last, back-to-back reloads (BACK_TO_BACK: strategies and peers, local
+# clients): each reload starts when the previous one ended, under the same
+# load (`--every 0s`; a peer's ended when its master has a new worker),
+# for the reloads per second sustained.
+# usage: bench.sh REQUESTS "CONCURRENCIES" "STRATEGIES" AB_REQUESTS ["PEERS"] ["CLIENTS"] ["BACK_TO_BACK"]
 set -u
-N=$1 CONCS=$2 STRATEGIES=$3 AB_N=$4 PEERS=${5:-} CLIENTS=${6:-local}
+N=$1 CONCS=$2 STRATEGIES=$3 AB_N=$4 PEERS=${5:-} CLIENTS=${6:-local} BACK_TO_BACK=${7:-}
 OUT=${RESULTS:-/results}
 AB=${AB:-/usr/sbin/ab}
 fail() { echo "BENCH-FAIL: $*"; exit 1; }
@@ -159,6 +163,57 @@ for p in $PEERS; do
         cat $OUT/peer-$p-reloading-c$c.txt
         echo $n > $OUT/peer-$p-reloading-c$c.reloads; echo 0 >> $OUT/peer-$p-reloading-c$c.reloads
         peer_stop
+    done
+done
+# --- back-to-back reloads ---
+for c in $LOCAL_CONCS; do
+    for s in $BACK_TO_BACK; do
+        case $s in
+        nginx*|haproxy)
+            case $s in
+                nginx*) [ -x $NGINX ] || { echo "BENCH-INFO no nginx in the guest: skipped"; continue; } ;;
+                haproxy) [ -x $HAPROXY ] || { echo "BENCH-INFO no haproxy in the guest: skipped"; continue; } ;;
+            esac
+            peer_start $s
+            echo "BENCH-RUN back-to-back peer $s c=$c"
+            loadgen run 127.0.0.1:7000 -c $c -n $N --tsv $OUT/b2b-$s-c$c.tsv --progress > $OUT/b2b-$s-c$c.txt &
+            L=$!
+            n=0
+            kids() { cat /proc/$MASTER/task/*/children; }
+            while kill -0 $L 2>/dev/null; do
+                was=" $(kids) "
+                peer_reload $s
+                n=$((n + 1))
+                # Ended once the master has a worker it had not before (it
+                # serves the listeners it inherits), or the load is over;
+                # looked at every 10 ms, asking nothing of the server.
+                while kill -0 $L 2>/dev/null; do
+                    new=0
+                    for k in $(kids); do case "$was" in *" $k "*) ;; *) new=1 ;; esac; done
+                    [ $new = 1 ] && break
+                    sleep 0.01
+                done
+            done
+            wait $L
+            cat $OUT/b2b-$s-c$c.txt
+            echo $n > $OUT/b2b-$s-c$c.reloads; echo 0 >> $OUT/b2b-$s-c$c.reloads
+            peer_stop
+            ;;
+        *)
+            reloader run --strategy $s --every 0s --drain-timeout 10s --control /tmp/r.sock -- reuse-server 2>$OUT/b2b-$s-c$c.log &
+            R=$!
+            wait_serving $OUT/b2b-$s-c$c.log "reloader: serving"
+            echo "BENCH-RUN back-to-back strategy=$s c=$c"
+            t0=$(ticks $R); r0=$(grep -c 'reload #[0-9]*: ok' $OUT/b2b-$s-c$c.log)
+            b0=$(grep -c 'reload #[0-9]*: rolled back' $OUT/b2b-$s-c$c.log)
+            loadgen run 127.0.0.1:7000 -c $c -n $N --tsv $OUT/b2b-$s-c$c.tsv --progress | tee $OUT/b2b-$s-c$c.txt
+            r1=$(grep -c 'reload #[0-9]*: ok' $OUT/b2b-$s-c$c.log)
+            b1=$(grep -c 'reload #[0-9]*: rolled back' $OUT/b2b-$s-c$c.log)
+            echo "$r0 $t0 $r1 $(ticks $R)" > $OUT/b2b-$s-c$c.cpu
+            kill -TERM $R; wait $R
+            echo $((r1 - r0)) > $OUT/b2b-$s-c$c.reloads; echo $((b1 - b0)) >> $OUT/b2b-$s-c$c.reloads
+            ;;
+        esac
     done
 done
 sync

@@ -64,6 +64,14 @@ pub struct BenchArgs {
     /// pair; the plug strategies then hold on the veth's ingress).
     #[arg(long, value_delimiter = ',', default_value = "local,remote")]
     pub clients: Vec<Clients>,
+    /// Strategies and peers reloaded back to back (each reload starts when
+    /// the previous one ended), local clients, comma-separated; `''` for none.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "none,plug,migrate,handoff,steer,nginx,haproxy"
+    )]
+    pub back_to_back: Vec<String>,
     /// Results folder (default: results/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -135,6 +143,7 @@ impl Strategy {
 #[derive(Debug, Clone)]
 struct Args {
     peers: Vec<String>,
+    back_to_back: Vec<String>,
     requests: Option<usize>,
     concurrency: Vec<usize>,
     strategies: Vec<String>,
@@ -165,6 +174,11 @@ fn place() -> Place {
 pub fn bench(b: BenchArgs) -> Result<()> {
     let a = Args {
         peers: b.peers.into_iter().filter(|p| !p.is_empty()).collect(),
+        back_to_back: b
+            .back_to_back
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect(),
         requests: b.requests,
         concurrency: b.concurrency,
         strategies: b.strategies.iter().map(|s| s.name().to_owned()).collect(),
@@ -180,6 +194,7 @@ pub fn bench(b: BenchArgs) -> Result<()> {
 pub fn demo(d: DemoArgs) -> Result<()> {
     let a = Args {
         peers: Vec::new(),
+        back_to_back: Vec::new(),
         requests: d.requests,
         concurrency: vec![1],
         strategies: vec!["plug".into()],
@@ -199,6 +214,16 @@ fn run(mut a: Args, demo: bool) -> Result<()> {
             "nginx" | "nginx-reuseport" => crate::provision::ensure(&[("nginx", "nginx")])?,
             "haproxy" => crate::provision::ensure(&[("haproxy", "haproxy")])?,
             other => bail!("--peers {other}: nginx, nginx-reuseport or haproxy"),
+        }
+    }
+    for b in &a.back_to_back {
+        match b.as_str() {
+            "nginx" => crate::provision::ensure(&[("nginx", "nginx")])?,
+            "haproxy" => crate::provision::ensure(&[("haproxy", "haproxy")])?,
+            "none" | "plug" | "migrate" | "handoff" | "steer" => {}
+            other => bail!(
+                "--back-to-back {other}: a strategy (none, plug, migrate, handoff, steer), nginx or haproxy"
+            ),
         }
     }
     let where_ = place();
@@ -230,6 +255,7 @@ fn run(mut a: Args, demo: bool) -> Result<()> {
             .map(|c| c.name())
             .collect::<Vec<_>>()
             .join(" "),
+        a.back_to_back.join(" "),
     ];
     let kernel;
     match &where_ {
@@ -432,6 +458,11 @@ fn report(a: &Args, kernel: &str, emulated: bool) -> Result<String> {
             )?;
         }
     }
+    if a.clients.contains(&Clients::Local) {
+        for c in &a.concurrency {
+            back_to_back_rows(a, *c, &mut t, &mut ratios)?;
+        }
+    }
     writeln!(t)?;
     if !ratios.is_empty() {
         writeln!(
@@ -450,6 +481,71 @@ fn report(a: &Args, kernel: &str, emulated: bool) -> Result<String> {
         }
     )?;
     Ok(t)
+}
+
+/// The back-to-back rows for one concurrency: each reload started when the
+/// previous one ended, under the same load; the reloads per second over
+/// the load's span, and the p99 against the same system's baseline.
+fn back_to_back_rows(a: &Args, c: usize, t: &mut String, ratios: &mut String) -> Result<()> {
+    for b in &a.back_to_back {
+        let stem = format!("b2b-{b}-c{c}");
+        let tsv = a.out.join(format!("{stem}.tsv"));
+        if !tsv.exists() {
+            writeln!(
+                t,
+                "| back-to-back {b}, c={c} | not run (see the bench log) | | | | | | | | | |"
+            )?;
+            continue;
+        }
+        let reloads = std::fs::read_to_string(a.out.join(format!("{stem}.reloads")))
+            .ok()
+            .and_then(|x| {
+                let mut it = x.lines().map(|l| l.trim().parse::<u64>().unwrap_or(0));
+                Some((it.next()?, it.next().unwrap_or(0)))
+            });
+        let span = read_tsv(&std::fs::read_to_string(&tsv)?)
+            .iter()
+            .map(|r| (r.start + r.total).as_secs_f64())
+            .fold(0.0, f64::max);
+        let rate = match (reloads, span > 0.0) {
+            (Some((ok, _)), true) => format!("{:.1} reloads/s", ok as f64 / span),
+            _ => "reloads/s unknown".into(),
+        };
+        let held = std::fs::read_to_string(a.out.join(format!("{stem}.log")))
+            .ok()
+            .and_then(|log| held_times(&log));
+        let peer = matches!(b.as_str(), "nginx" | "haproxy");
+        let what = if peer {
+            format!("peer {b}")
+        } else {
+            format!("strategy {b}")
+        };
+        let name = format!("back-to-back reloads, {what}, c={c} ({rate})");
+        let (line, x) = row(&name, &tsv, reloads, held)?;
+        writeln!(t, "{line}")?;
+        let base = match peer {
+            true => a.out.join(format!("peer-{b}-baseline-c{c}.tsv")),
+            false => a.out.join(format!("baseline-c{c}.tsv")),
+        };
+        let vs_base = match base.exists() {
+            true => {
+                let s = Summary::of(&read_tsv(&std::fs::read_to_string(&base)?));
+                format!("p99 {:.2}x its baseline's", x.p99 / s.p99)
+            }
+            false => "no baseline in this run".into(),
+        };
+        let cpu = std::fs::read_to_string(a.out.join(format!("{stem}.cpu")))
+            .ok()
+            .and_then(|t| cpu_per_reload(&t))
+            .map_or(String::new(), |(own, gens)| {
+                format!("; CPU per reload: reloader {own:.2} ms, its generations {gens:.2} ms")
+            });
+        writeln!(
+            ratios,
+            "- c={c}: back-to-back {what}: {rate}, {vs_base}{cpu}"
+        )?;
+    }
+    Ok(())
 }
 
 /// The baseline and every strategy's row for one place of the clients and

@@ -470,7 +470,7 @@ fn children(pid: u32) -> Vec<u32> {
     };
     let mut out = Vec::new();
     for t in tasks.flatten() {
-        if let Ok(list) = read_proc(&t.path().join("children")) {
+        if let Ok(list) = read_proc(t.path().join("children")) {
             out.extend(
                 list.split_whitespace()
                     .filter_map(|p| p.parse::<u32>().ok()),
@@ -483,7 +483,7 @@ fn children(pid: u32) -> Vec<u32> {
 /// State and process group of `pid`, from `/proc/PID/stat` (fields 3 and
 /// 5; the command name before them may hold spaces and parentheses).
 fn stat_state_group(pid: u32) -> Option<(char, u32)> {
-    let stat = read_proc(&format!("/proc/{pid}/stat")).ok()?;
+    let stat = read_proc(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let mut f = rest.split_whitespace();
     let state = f.next()?.chars().next()?;

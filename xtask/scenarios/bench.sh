@@ -22,6 +22,9 @@ AB=${AB:-/usr/sbin/ab}
 fail() { echo "BENCH-FAIL: $*"; exit 1; }
 [ -d $OUT ] || fail "no results folder"
 echo "BENCH-INFO kernel $(uname -r) cpus $(nproc)"
+# One thread serves, as the peers are set up (nginx worker_processes 1,
+# HAProxy nbthread 1); it is also reuse-server's cheapest start.
+SERVE="reuse-server --threads 1"
 
 # ticks PID: the CPU it used and that of the children it reaped (utime
 # stime cutime cstime, /proc/PID/stat fields 14-17, in 1/100 s), for the
@@ -34,7 +37,7 @@ wait_serving() { # $1: log
 
 case " $CLIENTS " in *" local "*) LOCAL_CONCS=$CONCS ;; *) LOCAL_CONCS="" ;; esac
 for c in $LOCAL_CONCS; do
-    reuse-server 2>/tmp/server.log &
+    $SERVE 2>/tmp/server.log &
     S=$!
     wait_serving /tmp/server.log "listening on"
     echo "BENCH-RUN baseline c=$c"
@@ -50,7 +53,7 @@ for c in $LOCAL_CONCS; do
         # NAME-k: the same strategy with kept-alive connections (loadgen -k).
         base=${s%-k}; K=""
         [ "$base" != "$s" ] && K="-k"
-        reloader run --strategy $base --every 100ms --drain-timeout 10s --control /tmp/r.sock -- reuse-server 2>$OUT/reloading-$s-c$c.log &
+        reloader run --strategy $base --every 100ms --drain-timeout 10s --control /tmp/r.sock -- $SERVE 2>$OUT/reloading-$s-c$c.log &
         R=$!
         wait_serving $OUT/reloading-$s-c$c.log "reloader: serving"
         echo "BENCH-RUN reloading strategy=$s c=$c"
@@ -66,7 +69,7 @@ done
 case " $CLIENTS " in *" remote "*)
     . "$(dirname "$0")/veth-pair.sh"
     for c in $CONCS; do
-        $S reuse-server --listen 0.0.0.0:7000 2>/tmp/server.log &
+        $S $SERVE --listen 0.0.0.0:7000 2>/tmp/server.log &
         P=$!
         wait_serving /tmp/server.log "listening on"
         echo "BENCH-RUN remote baseline c=$c"
@@ -78,7 +81,7 @@ case " $CLIENTS " in *" remote "*)
             INGRESS=""
             [ "$base" = plug ] && INGRESS="--ingress veth-s"
             $S reloader run --strategy $base $INGRESS --addr 0.0.0.0:7000 --every 100ms --drain-timeout 10s \
-                --control /tmp/r.sock -- reuse-server --listen 0.0.0.0:7000 2>$OUT/remote-$s-c$c.log &
+                --control /tmp/r.sock -- $SERVE --listen 0.0.0.0:7000 2>$OUT/remote-$s-c$c.log &
             R=$!
             wait_serving $OUT/remote-$s-c$c.log "reloader: serving"
             echo "BENCH-RUN remote reloading strategy=$s c=$c"
@@ -200,7 +203,7 @@ for c in $LOCAL_CONCS; do
             peer_stop
             ;;
         *)
-            reloader run --strategy $s --every 0s --drain-timeout 10s --control /tmp/r.sock -- reuse-server 2>$OUT/b2b-$s-c$c.log &
+            reloader run --strategy $s --every 0s --drain-timeout 10s --control /tmp/r.sock -- $SERVE 2>$OUT/b2b-$s-c$c.log &
             R=$!
             wait_serving $OUT/b2b-$s-c$c.log "reloader: serving"
             echo "BENCH-RUN back-to-back strategy=$s c=$c"

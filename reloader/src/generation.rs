@@ -127,6 +127,9 @@ impl Generation {
             Some(h) => {
                 let mut c = Command::new(std::env::current_exe()?);
                 c.arg("exec-listen").arg("--").args(argv);
+                // A server that speaks the gate is checked on it before it
+                // takes a connection from the shared sockets.
+                c.env(gate::ENV, "1");
                 h.apply(&mut c);
                 c
             }

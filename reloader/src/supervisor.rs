@@ -309,7 +309,12 @@ impl Ctx {
         let start = Instant::now();
         let end = start + self.opts.ready_timeout;
         let mut ready = false;
-        let quiet = self.gated || self.readied;
+        // Under handoff it holds the shared sockets from its exec on: that
+        // says nothing of whether it accepts (a server that speaks the gate
+        // waits for its check first), so its word is awaited as after a
+        // gate (see `check` for one that is late).
+        let shared = self.swap.at_close() == AtClose::Shared;
+        let quiet = self.gated || self.readied || shared;
         self.readied = false;
         let every = if quiet { WORD_POLL } else { START_POLL };
         self.poll(end, every, |ctx, late| {
@@ -370,7 +375,16 @@ impl Ctx {
     }
 
     /// Step 3: checks `gen` until it passes, exits, or the ready timeout.
-    async fn check(&mut self, gen: &mut Generation, at: Option<SocketAddr>) -> Result<(), Refusal> {
+    ///
+    /// Checked on the port, a server may offer the gate after all (under
+    /// handoff it holds the shared sockets from its exec, so it was taken
+    /// for started before its offer came): its offer is returned, for the
+    /// gate's way.
+    async fn check(
+        &mut self,
+        gen: &mut Generation,
+        at: Option<SocketAddr>,
+    ) -> Result<Option<(SocketAddr, u32)>, Refusal> {
         let started = Instant::now();
         let deadline = started + self.opts.ready_timeout;
         // The most telling failure: the new server's own answer.
@@ -396,10 +410,17 @@ impl Ctx {
                 self.swap.probe(None)?;
             }
             match once {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(None),
                 Err(f) if f.by_new => telling = Some(f.text),
                 Err(f) if telling.is_none() && Instant::now() >= deadline => telling = Some(f.text),
                 Err(_) => {}
+            }
+            if at.is_none() {
+                while let Some((pid, note)) = self.notify.try_next() {
+                    if let (true, Message::Offer(addr)) = (gen.has(pid), note) {
+                        return Ok(Some((addr, pid)));
+                    }
+                }
             }
             // A check that hangs on a handed-over socket nobody accepts
             // (or that the old generation answers every time): the server
@@ -851,7 +872,13 @@ impl Supervisor {
             }
             Started::Joined => {
                 ctx.swap.admit(&[gen])?;
-                ctx.check(gen, None).await?;
+                if let Some((addr, by)) = ctx.check(gen, None).await? {
+                    ctx.gated = true;
+                    ctx.check(gen, Some(addr)).await?;
+                    ctx.join(gen, by).await?;
+                    ctx.refuse_own_listeners(gen)?;
+                    return Ok("checked on its gate (offered late), then joined");
+                }
                 ctx.refuse_own_listeners(gen)?;
                 Ok("joined, then checked on the port")
             }

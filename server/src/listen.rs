@@ -94,7 +94,8 @@ pub fn bind_all_unjoined(addrs: &[SocketAddr]) -> Result<Vec<Listener>, ListenEr
 
 /// Joins the SO_REUSEPORT group: `listen()` on sockets from `bind_all_unjoined`.
 pub fn join(listeners: &[Listener], backlog: i32) -> Result<(), ListenError> {
-    for l in listeners {
+    // Inherited ones listen already, with their owner's backlog.
+    for l in listeners.iter().filter(|l| l.inherited.is_none()) {
         SockRef::from(&l.socket)
             .listen(backlog)
             .map_err(|source| ListenError::Bind {

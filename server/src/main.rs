@@ -70,9 +70,11 @@ fn main() -> ExitCode {
     }
     // A supervisor that speaks the gate lets us bind without joining the
     // SO_REUSEPORT group, pass its check on a private address, then join.
+    // With inherited listeners (handoff) the gate works the same way: we
+    // take no connection from them until told to join.
     let gate = gate::Gate::from_env();
     let (listeners, gate) = match listen::inherited() {
-        Ok(Some(inherited)) => (inherited, None),
+        Ok(Some(inherited)) => (inherited, gate),
         Ok(None) => {
             let addrs: Result<Vec<SocketAddr>, _> =
                 cli.listen.iter().map(|s| listen::parse_listen(s)).collect();

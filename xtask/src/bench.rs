@@ -534,12 +534,7 @@ fn back_to_back_rows(a: &Args, c: usize, t: &mut String, ratios: &mut String) ->
             }
             false => "no baseline in this run".into(),
         };
-        let cpu = std::fs::read_to_string(a.out.join(format!("{stem}.cpu")))
-            .ok()
-            .and_then(|t| cpu_per_reload(&t))
-            .map_or(String::new(), |(own, gens)| {
-                format!("; CPU per reload: reloader {own:.2} ms, its generations {gens:.2} ms")
-            });
+        let cpu = cpu_note(&a.out.join(format!("{stem}.cpu")));
         writeln!(
             ratios,
             "- c={c}: back-to-back {what}: {rate}, {vs_base}{cpu}"
@@ -605,12 +600,7 @@ fn strategy_rows(
             _ => String::new(),
         };
         let (_, stem) = clients.stems(s);
-        let cpu = std::fs::read_to_string(a.out.join(format!("{stem}-c{c}.cpu")))
-            .ok()
-            .and_then(|t| cpu_per_reload(&t))
-            .map_or(String::new(), |(own, gens)| {
-                format!("; CPU per reload: reloader {own:.2} ms, its generations {gens:.2} ms")
-            });
+        let cpu = cpu_note(&a.out.join(format!("{stem}-c{c}.cpu")));
         writeln!(
             ratios,
             "- {who}c={c}: {s} / baseline: mean {:.2}x, p99 {:.2}x, max {:.2}x{vs_none}{cpu}",
@@ -620,6 +610,16 @@ fn strategy_rows(
         )?;
     }
     Ok(())
+}
+
+/// "; CPU per reload: ..." from a run's `.cpu` file, or nothing without one.
+fn cpu_note(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| cpu_per_reload(&t))
+        .map_or(String::new(), |(own, gens)| {
+            format!("; CPU per reload: reloader {own:.2} ms, its generations {gens:.2} ms")
+        })
 }
 
 /// CPU per reload over a reloading run, in ms: the reloader's own and that

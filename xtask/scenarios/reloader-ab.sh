@@ -19,7 +19,7 @@ R=$!
 for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/reloader.log && break; sleep 0.1; done
 grep -q 'reloader: serving' /tmp/reloader.log || fail "reloader did not start"
 
-# The guest is sized for ab's churn (`thash_entries`, xtask vm); a socket
+# The guest has room for ab's churn (`tcp_max_tw_buckets`, its init); a socket
 # that skipped TIME_WAIT resets its client's late segments (ab's "exception").
 tw_overflows() { sh "$(dirname "$0")/tw-overflows.sh"; }
 
@@ -30,7 +30,7 @@ ab_run() { # CONC
     failed=$(sed -n 's/^Failed requests: *//p' /tmp/ab.out)
     non2xx=$(sed -n 's/^Non-2xx responses: *//p' /tmp/ab.out)
     echo "ab c=$1: exit $rc, complete ${done_:-?}, failed ${failed:-?}, non-2xx ${non2xx:-0}, TIME_WAIT overflows so far $(tw_overflows)"
-    [ "$(tw_overflows)" = 0 ] || fail "the guest's TIME_WAIT table overflowed: boot it with a larger thash_entries"
+    [ "$(tw_overflows)" = 0 ] || fail "the guest's TIME_WAIT table overflowed: raise net.ipv4.tcp_max_tw_buckets (the init sets it)"
     [ "$rc" = 0 ] || { cat /tmp/ab.out; fail "ab c=$1 did not finish: a request was never answered"; }
     [ "$done_" = "$REQUESTS" ] && [ "$failed" = 0 ] && [ -z "$non2xx" ] || { cat /tmp/ab.out; fail "ab c=$1 lost requests"; }
 }

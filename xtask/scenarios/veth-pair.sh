@@ -10,6 +10,10 @@ $IP netns add cli || fail "netns cli"
 $IP link add veth-s type veth peer name veth-c || fail "veth"
 $IP link set veth-s netns srv
 $IP link set veth-c netns cli
+# Each namespace has its own TIME_WAIT table: as large as the init's.
+for ns in srv cli; do
+    $IP netns exec $ns sh -c 'echo 32768 > /proc/sys/net/ipv4/tcp_max_tw_buckets' || fail "tcp_max_tw_buckets in $ns"
+done
 $S $IP link set lo up
 $C $IP link set lo up
 $S $IP addr add 192.0.2.1/24 dev veth-s

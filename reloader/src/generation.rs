@@ -272,7 +272,7 @@ impl Generation {
 
 impl Process for Group {
     fn send(&mut self, sig: i32, group: bool) {
-        let leader_alive = matches!(self.child.try_wait(), Ok(None));
+        let leader_alive = self.leader_exit().is_none();
         if group && (leader_alive || self.alive()) {
             // SAFETY: kill(2) on the process group we created: its ID
             // stays reserved while the leader is unreaped or any member
@@ -293,7 +293,7 @@ impl Process for Group {
     }
 
     fn exited(&mut self) -> Option<Exit> {
-        let status = self.child.try_wait().ok().flatten()?;
+        let status = self.leader_exit()?;
         (!self.alive()).then_some(Exit::Status(status))
     }
 
@@ -349,6 +349,20 @@ impl Process for Group {
 }
 
 impl Group {
+    /// The leader's exit status once it has exited (and is reaped), asked
+    /// of its pidfd's last readiness: tokio's wait, polled once without a
+    /// waker, calls wait(2) only when the pidfd said it exited, where
+    /// `try_wait` would call it on every look. The answer may trail the
+    /// exit by one turn of the runtime; until it is reaped the leader's
+    /// PID and group ID stay reserved, so a late "alive" signals no one else.
+    fn leader_exit(&mut self) -> Option<ExitStatus> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::pin!(self.child.wait()).poll(&mut cx) {
+            std::task::Poll::Ready(Ok(status)) => Some(status),
+            _ => None,
+        }
+    }
+
     /// Once the leader is reaped: whether any process of its group is
     /// left, reaping the members that are our zombie children first (see
     /// `group_members`). Two system calls, no walk of `/proc`: kill(2) with

@@ -154,7 +154,9 @@ async fn get(
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await?;
-    let mut raw = Vec::new();
+    // Room for a whole small answer in one read (an empty Vec grows from
+    // 32 bytes, a read each time).
+    let mut raw = Vec::with_capacity(4096);
     s.read_to_end(&mut raw).await?;
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut r = httparse::Response::new(&mut headers);

@@ -67,11 +67,7 @@ impl Real {
 
 impl Kernel for Real {
     fn on_port(&mut self, ports: &[u16]) -> Result<BTreeSet<u32>, Error> {
-        let mut all = BTreeSet::new();
-        for p in ports {
-            all.extend(self.diag.on_port(*p)?);
-        }
-        Ok(all)
+        Ok(self.diag.on_ports(ports)?)
     }
     fn half_open(&mut self, ports: &[u16]) -> Result<usize, Error> {
         let mut n = 0;
@@ -88,15 +84,13 @@ impl Kernel for Real {
         Ok(all)
     }
     fn accept_queued(&mut self, ports: &[u16], listeners: &BTreeSet<u32>) -> Result<u32, Error> {
-        let mut n = 0;
-        for p in ports {
-            for (inode, queued) in self.diag.accept_queues(*p)? {
-                if listeners.contains(&inode) {
-                    n += queued;
-                }
-            }
-        }
-        Ok(n)
+        Ok(self
+            .diag
+            .accept_queues(ports)?
+            .into_iter()
+            .filter(|(inode, _)| listeners.contains(inode))
+            .map(|(_, queued)| queued)
+            .sum())
     }
     fn backlogs(&mut self) -> Result<Option<Vec<u64>>, Error> {
         crate::softnet::backlogs().map_err(Error::Softnet)

@@ -1,19 +1,26 @@
 //! Which TCP sockets listen on a port, asked of the kernel with sock_diag
-//! (the netlink interface `ss` uses), encoded and parsed with
-//! netlink-packet-sock-diag. Each listener is known by its inode, so the
-//! supervisor can tell "the new server's listener joined the SO_REUSEPORT
-//! group" and "the old server's listener left it" without guessing or
-//! sleeping. A failed query is an error, never an empty answer.
+//! (the netlink interface `ss` uses). Each listener is known by its inode,
+//! so the supervisor can tell "the new server's listener joined the
+//! SO_REUSEPORT group" and "the old server's listener left it" without
+//! guessing or sleeping. A failed query is an error, never an empty answer.
+//!
+//! Every query is one dump of both families: the kernel walks its whole
+//! listening (or established) hash table, bucket by bucket, for each dump,
+//! and a large host's tables have tens of thousands of buckets, so asking
+//! per family (`SOCK_DIAG_BY_FAMILY`, which names one) would walk them
+//! twice. The request is inet_diag's own message (`TCPDIAG_GETSOCK`, see
+//! [`Dump`]), which the kernel answers for IPv4 and IPv6 in one walk; its
+//! replies are the same `inet_diag_msg` that netlink-packet-sock-diag
+//! parses.
 
 use std::collections::BTreeSet;
 use std::io;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+    DecodeError, Emitable, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NetlinkSerializable, Parseable, NLM_F_DUMP, NLM_F_REQUEST,
 };
-use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
-use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
-use netlink_packet_sock_diag::SockDiagMessage;
+use netlink_packet_sock_diag::inet::{InetResponse, SocketId};
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
 const TCP_ESTABLISHED: u32 = 1;
@@ -55,20 +62,32 @@ impl Listeners {
         })
     }
 
-    /// Inodes of the TCP sockets listening on `port` (IPv4 and IPv6).
-    pub fn on_port(&mut self, port: u16) -> Result<BTreeSet<u32>, DiagError> {
+    /// Inodes of the TCP sockets listening on any of `ports` (IPv4 and IPv6).
+    pub fn on_ports(&mut self, ports: &[u16]) -> Result<BTreeSet<u32>, DiagError> {
         Ok(self
-            .query(port, TCP_LISTEN)?
+            .accept_queues(ports)?
             .into_iter()
             .map(|(i, _)| i)
             .collect())
     }
 
-    /// Each listener on `port` with the connections waiting in its accept
-    /// queue (established, not yet accepted: closing the listener now
-    /// would reset them).
-    pub fn accept_queues(&mut self, port: u16) -> Result<Vec<(u32, u32)>, DiagError> {
-        self.query(port, TCP_LISTEN)
+    /// Each listener on any of `ports` with the connections waiting in its
+    /// accept queue (established, not yet accepted: closing the listener
+    /// now would reset them). One walk of the listening hash however many
+    /// ports: the kernel filters one port, we filter several (a host has
+    /// few listeners, so all of them cost less than a walk per port).
+    pub fn accept_queues(&mut self, ports: &[u16]) -> Result<Vec<(u32, u32)>, DiagError> {
+        let mut out = Vec::new();
+        let filter = match ports {
+            [one] => Some(*one),
+            _ => None,
+        };
+        self.query_into(filter, TCP_LISTEN, &mut out)?;
+        Ok(out
+            .into_iter()
+            .filter(|(port, _, _)| ports.contains(port))
+            .map(|(_, inode, queued)| (inode, queued))
+            .collect())
     }
 
     /// How many handshakes to `port` are half done (SYN answered, final ACK
@@ -115,35 +134,24 @@ impl Listeners {
         state: u32,
         out: &mut Vec<(u16, u32, u32)>,
     ) -> Result<(), DiagError> {
-        for (family, mut id) in [
-            (AF_INET, SocketId::new_v4()),
-            (AF_INET6, SocketId::new_v6()),
-        ] {
-            // The kernel skips other ports' sockets itself: a busy host's
-            // thousands of connections are never copied to us.
-            id.source_port = port.unwrap_or(0);
-            self.seq = self.seq.wrapping_add(1);
-            let mut header = NetlinkHeader::default();
-            header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-            header.sequence_number = self.seq;
-            let mut req = NetlinkMessage::new(
-                header,
-                SockDiagMessage::InetRequest(InetRequest {
-                    family,
-                    protocol: IPPROTO_TCP,
-                    extensions: ExtensionFlags::empty(),
-                    states: StateFlags::from_bits_retain(1 << state),
-                    socket_id: id,
-                })
-                .into(),
-            );
-            req.finalize();
-            let mut bytes = vec![0; req.buffer_len()];
-            req.serialize(&mut bytes);
-            self.sock.send(&bytes, 0).map_err(DiagError::Io)?;
-            self.collect(port, out)?;
-        }
-        Ok(())
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = self.seq;
+        let mut req = NetlinkMessage::new(
+            header,
+            NetlinkPayload::InnerMessage(Dump::Request {
+                // The kernel skips other ports' sockets itself: a busy
+                // host's thousands of connections are never copied to us.
+                port: port.unwrap_or(0),
+                states: 1 << state,
+            }),
+        );
+        req.finalize();
+        let mut bytes = vec![0; req.buffer_len()];
+        req.serialize(&mut bytes);
+        self.sock.send(&bytes, 0).map_err(DiagError::Io)?;
+        self.collect(port, out)
     }
 
     /// Reads replies to the current request until DONE.
@@ -159,7 +167,7 @@ impl Listeners {
                 .map_err(DiagError::Io)?;
             let mut offset = 0;
             while offset < size {
-                let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[offset..size])
+                let msg = NetlinkMessage::<Dump>::deserialize(&self.buf[offset..size])
                     .map_err(|e| DiagError::Decode(e.to_string()))?;
                 let len = msg.header.length as usize;
                 if msg.header.sequence_number == self.seq {
@@ -168,7 +176,7 @@ impl Listeners {
                         NetlinkPayload::Error(e) if e.code.is_some() => {
                             return Err(DiagError::Kernel(e.to_io()))
                         }
-                        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r))
+                        NetlinkPayload::InnerMessage(Dump::Socket(r))
                             if port.is_none_or(|p| r.header.socket_id.source_port == p) =>
                         {
                             out.push((
@@ -186,5 +194,112 @@ impl Listeners {
                 offset += len;
             }
         }
+    }
+}
+
+/// `TCPDIAG_GETSOCK` in `<linux/inet_diag.h>`: inet_diag's message type,
+/// which `sock_diag` still routes to it. Its dump covers every family
+/// (`AF_UNSPEC`), where `SOCK_DIAG_BY_FAMILY` takes one.
+const TCPDIAG_GETSOCK: u16 = 18;
+/// `struct inet_diag_req`: family, two address lengths and the extensions
+/// (one byte each), the socket id, then the states and an unused table mask.
+const REQ_LEN: usize = 4 + SOCKET_ID_LEN + 4 + 4;
+/// `struct inet_diag_sockid`.
+const SOCKET_ID_LEN: usize = 48;
+
+/// One message of an inet_diag dump: our request, or a socket in reply.
+#[derive(Debug)]
+enum Dump {
+    /// TCP sockets of any family on `port` (0: any) in one of `states`
+    /// (a bit per TCP state).
+    Request {
+        port: u16,
+        states: u32,
+    },
+    Socket(Box<InetResponse>),
+}
+
+impl NetlinkSerializable for Dump {
+    fn message_type(&self) -> u16 {
+        TCPDIAG_GETSOCK
+    }
+
+    fn buffer_len(&self) -> usize {
+        match self {
+            Dump::Request { .. } => REQ_LEN,
+            Dump::Socket(r) => r.buffer_len(),
+        }
+    }
+
+    fn serialize(&self, buf: &mut [u8]) {
+        match self {
+            Dump::Request { port, states } => {
+                // The family byte is not read for a dump (the kernel sets
+                // AF_UNSPEC); no address lengths; no extensions.
+                buf[..4].fill(0);
+                let mut id = SocketId::new_v4();
+                id.source_port = *port;
+                id.emit(&mut buf[4..4 + SOCKET_ID_LEN]);
+                let rest = &mut buf[4 + SOCKET_ID_LEN..REQ_LEN];
+                rest[..4].copy_from_slice(&states.to_ne_bytes());
+                rest[4..].fill(0);
+            }
+            Dump::Socket(r) => r.emit(buf),
+        }
+    }
+}
+
+impl NetlinkDeserializable for Dump {
+    type Error = DecodeError;
+
+    fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Dump, DecodeError> {
+        match header.message_type {
+            TCPDIAG_GETSOCK => Ok(Dump::Socket(Box::new(InetResponse::parse(payload)?))),
+            other => Err(DecodeError::from(format!(
+                "unexpected message type {other} in an inet_diag dump"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(port: u16, states: u32) -> Vec<u8> {
+        let mut m = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(Dump::Request { port, states }),
+        );
+        m.finalize();
+        let mut b = vec![0; m.buffer_len()];
+        m.serialize(&mut b);
+        b
+    }
+
+    #[test]
+    fn a_request_is_inet_diags_own_message_with_the_port_and_states() {
+        let b = request(7000, 1 << TCP_LISTEN);
+        // nlmsghdr: length, type; then struct inet_diag_req (60 bytes).
+        assert_eq!(b.len(), 16 + 60);
+        assert_eq!(u32::from_ne_bytes(b[0..4].try_into().unwrap()), 76);
+        assert_eq!(u16::from_ne_bytes(b[4..6].try_into().unwrap()), 18);
+        let req = &b[16..];
+        assert_eq!(&req[..4], &[0, 0, 0, 0]);
+        // inet_diag_sockid: source port first, network order.
+        assert_eq!(&req[4..6], &7000u16.to_be_bytes());
+        assert!(req[6..52].iter().all(|x| *x == 0));
+        assert_eq!(
+            u32::from_ne_bytes(req[52..56].try_into().unwrap()),
+            1 << TCP_LISTEN
+        );
+        assert_eq!(&req[56..60], &[0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_reply_of_another_type_is_a_decode_error() {
+        let mut h = NetlinkHeader::default();
+        h.message_type = 20;
+        assert!(Dump::deserialize(&h, &[0; 72]).is_err());
     }
 }

@@ -236,7 +236,7 @@ impl Ctx {
         }
     }
 
-    /// Listeners on our port (IPv4 and IPv6). A failed query is an error.
+    /// Listeners on our ports (IPv4 and IPv6, one dump). A failed query is an error.
     fn listening(&mut self) -> Result<BTreeSet<u32>, Error> {
         self.kernel.on_port(&self.opts.ports)
     }
@@ -342,11 +342,12 @@ impl Ctx {
             // is the answer.
             let denied = match ctx.its_listeners(gen) {
                 Ok(mine) if !mine.is_empty() && ctx.missing_ports(gen)?.is_empty() => {
-                    // Asked again: sock_diag dumps IPv4 and IPv6 one after
-                    // the other, so `mine` may lack a listener that was
-                    // made between the two (seen: a v4 listener missing,
-                    // its v6 one found); every port is known to have one
-                    // now, and a listener does not leave by itself.
+                    // Asked again: a dump walks the listening hash bucket
+                    // by bucket, so `mine` may lack a listener that was
+                    // made in a bucket already walked (seen when each
+                    // family was its own dump: a v4 listener missing, its
+                    // v6 one found); every port is known to have one now,
+                    // and a listener does not leave by itself.
                     gen.listeners = ctx.its_listeners(gen)?;
                     ctx.readied = ready;
                     return Ok(Some(Started::Joined));

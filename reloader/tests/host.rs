@@ -86,6 +86,62 @@ fn strategy_none_reloads_over_the_control_socket_and_stops_cleanly() {
     });
 }
 
+/// One sock_diag dump answers for both families: a server on an IPv6
+/// port and an IPv4 port is found on each (a look that missed IPv6 would
+/// time the join out), at start and on every reload.
+#[test]
+fn listeners_of_both_families_are_found_in_one_look() {
+    let Some(server) = server() else {
+        return testkit::skip("reuse-server not built: run `cargo test --workspace`");
+    };
+    in_netns("both families", move || {
+        let ctl = format!("/tmp/reloader-test-v6-{}.sock", std::process::id());
+        let mut r = Proc::spawn(
+            Command::new(RELOADER)
+                .args(["run", "--strategy", "none", "--ready-timeout", "3s"])
+                .args(["--addr", "[::1]:7000", "--addr", "127.0.0.1:7001"])
+                .args(["--control", &ctl, "--"])
+                .arg(&server)
+                .args(["--listen", "[::1]:7000", "--listen", "127.0.0.1:7001"]),
+        )
+        .unwrap();
+        let up = r.wait_line("healthy after", Duration::from_secs(10));
+        // Two listeners: the IPv6 one and the IPv4 one.
+        assert!(
+            up.as_deref()
+                .and_then(|l| l.split("listeners {").nth(1))
+                .is_some_and(|set| set.matches(", ").count() == 1),
+            "{up:?} {:?}",
+            r.log
+        );
+        for n in 2..4 {
+            let out = Command::new(RELOADER)
+                .args(["reload", "--control", &ctl])
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                stdout.contains(&format!("reload #{n}: ok")),
+                "{stdout} {:?}",
+                r.log
+            );
+        }
+        for addr in ["[::1]:7000", "127.0.0.1:7001"] {
+            assert!(
+                matches!(
+                    loadgen::get(addr.parse().unwrap(), "/", Duration::from_secs(2)),
+                    loadgen::Outcome::Ok(_)
+                ),
+                "{addr}"
+            );
+        }
+        r.signal(libc::SIGTERM);
+        assert!(r
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()));
+    });
+}
+
 #[test]
 fn plug_strategy_without_sch_prio_fails_clearly() {
     in_netns("no sch_prio", || {

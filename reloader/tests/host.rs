@@ -28,6 +28,14 @@ fn failing_while(flag: &std::path::Path, server: &std::path::Path) -> String {
     )
 }
 
+/// `reloader reload --control CTL`: its output, whatever the status.
+fn reload(ctl: &str) -> std::process::Output {
+    Command::new(RELOADER)
+        .args(["reload", "--control", ctl])
+        .output()
+        .unwrap()
+}
+
 fn in_netns(name: &str, f: impl FnOnce() + Send + 'static) {
     if let Err(why) = testkit::netns::run(f) {
         testkit::skip(&format!("{name}: {why}"));
@@ -53,10 +61,7 @@ fn strategy_none_reloads_over_the_control_socket_and_stops_cleanly() {
             "{:?}",
             r.log
         );
-        let out = Command::new(RELOADER)
-            .args(["reload", "--control", &ctl])
-            .output()
-            .unwrap();
+        let out = reload(&ctl);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -115,10 +120,7 @@ fn listeners_of_both_families_are_found_in_one_look() {
             r.log
         );
         for n in 2..4 {
-            let out = Command::new(RELOADER)
-                .args(["reload", "--control", &ctl])
-                .output()
-                .unwrap();
+            let out = reload(&ctl);
             let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(
                 stdout.contains(&format!("reload #{n}: ok")),
@@ -563,10 +565,7 @@ fn handoff_serves_the_socket_systemd_passes() {
             "{:?}",
             r.log
         );
-        let out = Command::new(RELOADER)
-            .args(["reload", "--control", &ctl])
-            .output()
-            .unwrap();
+        let out = reload(&ctl);
         assert!(out.status.success(), "{out:?} {:?}", r.drain_log());
         // "reload #2: ok, PID OLD -> NEW | ...": the old one may still take
         // a connection or two while it starts its drain; then only NEW.
@@ -654,10 +653,7 @@ fn a_launcher_that_does_not_exec_is_one_generation() {
         let loadgen::Outcome::Ok(first) = loadgen::get(a, "/", Duration::from_secs(5)) else {
             panic!("the first server does not answer: {:?}", r.drain_log());
         };
-        let out = Command::new(RELOADER)
-            .args(["reload", "--control", &ctl])
-            .output()
-            .unwrap();
+        let out = reload(&ctl);
         assert!(out.status.success(), "{:?} {:?}", out, r.drain_log());
         let loadgen::Outcome::Ok(second) = loadgen::get(a, "/", Duration::from_secs(5)) else {
             panic!("the new server does not answer: {:?}", r.drain_log());

@@ -7,7 +7,7 @@
 //!
 //! The strategy is the third ([`crate::swap::Swap`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use crate::error::Error;
@@ -19,8 +19,8 @@ use crate::listeners::Listeners;
 /// generation is one server however many ports it serves, and they are
 /// watched, held and released as one.
 pub trait Kernel {
-    /// Inodes of the listening sockets on `ports`, both families.
-    fn on_port(&mut self, ports: &[u16]) -> Result<BTreeSet<u32>, Error>;
+    /// The listening sockets on `ports`, both families: inode and port.
+    fn on_port(&mut self, ports: &[u16]) -> Result<BTreeMap<u32, u16>, Error>;
     /// Handshakes to `ports` that are half done.
     fn half_open(&mut self, ports: &[u16]) -> Result<usize, Error>;
     /// Inodes of established connections to `ports` (0: still queued).
@@ -66,15 +66,11 @@ impl Real {
 }
 
 impl Kernel for Real {
-    fn on_port(&mut self, ports: &[u16]) -> Result<BTreeSet<u32>, Error> {
+    fn on_port(&mut self, ports: &[u16]) -> Result<BTreeMap<u32, u16>, Error> {
         Ok(self.diag.on_ports(ports)?)
     }
     fn half_open(&mut self, ports: &[u16]) -> Result<usize, Error> {
-        let mut n = 0;
-        for p in ports {
-            n += self.diag.half_open(*p)?;
-        }
-        Ok(n)
+        Ok(self.diag.half_open(ports)?)
     }
     fn established(&mut self, ports: &[u16]) -> Result<Vec<u32>, Error> {
         let mut all = Vec::new();

@@ -13,7 +13,7 @@
 //! replies are the same `inet_diag_msg` that netlink-packet-sock-diag
 //! parses.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io;
 
 use netlink_packet_core::{
@@ -62,12 +62,13 @@ impl Listeners {
         })
     }
 
-    /// Inodes of the TCP sockets listening on any of `ports` (IPv4 and IPv6).
-    pub fn on_ports(&mut self, ports: &[u16]) -> Result<BTreeSet<u32>, DiagError> {
+    /// The TCP sockets listening on any of `ports` (IPv4 and IPv6): inode
+    /// and port.
+    pub fn on_ports(&mut self, ports: &[u16]) -> Result<BTreeMap<u32, u16>, DiagError> {
         Ok(self
-            .accept_queues(ports)?
+            .on_any(ports, TCP_LISTEN)?
             .into_iter()
-            .map(|(i, _)| i)
+            .map(|(port, inode, _)| (inode, port))
             .collect())
     }
 
@@ -77,24 +78,33 @@ impl Listeners {
     /// ports: the kernel filters one port, we filter several (a host has
     /// few listeners, so all of them cost less than a walk per port).
     pub fn accept_queues(&mut self, ports: &[u16]) -> Result<Vec<(u32, u32)>, DiagError> {
+        Ok(self
+            .on_any(ports, TCP_LISTEN)?
+            .into_iter()
+            .map(|(_, inode, queued)| (inode, queued))
+            .collect())
+    }
+
+    /// How many handshakes to any of `ports` are half done (SYN answered,
+    /// final ACK not yet in). A listener closed now would drop them, and
+    /// their clients would be reset. One walk of the established hash
+    /// however many ports (half-open requests are few: each listener's
+    /// backlog bounds them).
+    pub fn half_open(&mut self, ports: &[u16]) -> Result<usize, DiagError> {
+        Ok(self.on_any(ports, TCP_NEW_SYN_RECV)?.len())
+    }
+
+    /// Our ports' TCP sockets in `state`: port, inode and receive queue.
+    /// One dump: the kernel filters one port, we filter several.
+    fn on_any(&mut self, ports: &[u16], state: u32) -> Result<Vec<(u16, u32, u32)>, DiagError> {
         let mut out = Vec::new();
         let filter = match ports {
             [one] => Some(*one),
             _ => None,
         };
-        self.query_into(filter, TCP_LISTEN, &mut out)?;
-        Ok(out
-            .into_iter()
-            .filter(|(port, _, _)| ports.contains(port))
-            .map(|(_, inode, queued)| (inode, queued))
-            .collect())
-    }
-
-    /// How many handshakes to `port` are half done (SYN answered, final ACK
-    /// not yet in). A listener closed now would drop them, and their
-    /// clients would be reset.
-    pub fn half_open(&mut self, port: u16) -> Result<usize, DiagError> {
-        Ok(self.query(port, TCP_NEW_SYN_RECV)?.len())
+        self.query_into(filter, state, &mut out)?;
+        out.retain(|(port, _, _)| ports.contains(port));
+        Ok(out)
     }
 
     /// Inodes of established connections to `port` (0 for one still in an

@@ -22,7 +22,7 @@
 //! 5. it drains in the background; at `--drain-timeout` it is SIGKILLed
 //!    (held again for that instant if it still listens).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -236,8 +236,9 @@ impl Ctx {
         }
     }
 
-    /// Listeners on our ports (IPv4 and IPv6, one dump). A failed query is an error.
-    fn listening(&mut self) -> Result<BTreeSet<u32>, Error> {
+    /// Listeners on our ports (IPv4 and IPv6, one dump): inode and port. A
+    /// failed query is an error.
+    fn listening(&mut self) -> Result<BTreeMap<u32, u16>, Error> {
         self.kernel.on_port(&self.opts.ports)
     }
 
@@ -254,7 +255,7 @@ impl Ctx {
         })?;
         let own: Vec<u32> = self
             .its_listeners(gen)?
-            .into_iter()
+            .into_keys()
             .filter(|i| !handed.contains(i))
             .collect();
         match own.is_empty() {
@@ -263,32 +264,23 @@ impl Ctx {
         }
     }
 
-    /// The served ports on which `gen` has no listener yet (a server of
-    /// several ports has joined only once it listens on each).
-    fn missing_ports(&mut self, gen: &Generation) -> Result<Vec<u16>, Error> {
-        if self.opts.ports.len() < 2 {
-            return Ok(Vec::new());
-        }
-        let own = gen.sockets().map_err(|source| Error::Proc {
-            pid: gen.pid,
-            source,
-        })?;
-        let mut missing = Vec::new();
-        for p in self.opts.ports.clone() {
-            if !self.kernel.on_port(&[p])?.iter().any(|i| own.contains(i)) {
-                missing.push(p);
-            }
-        }
-        Ok(missing)
+    /// Whether `mine` (a generation's listeners, with their ports) has a
+    /// listener on every served port: a server of several ports has
+    /// joined only once it listens on each.
+    fn on_every_port(&self, mine: &BTreeMap<u32, u16>) -> bool {
+        self.opts
+            .ports
+            .iter()
+            .all(|p| mine.values().any(|q| q == p))
     }
 
     /// The listeners in the group not known yet (not in `others`) that
-    /// `gen` holds: sock_diag's listeners among its open sockets (under
-    /// handoff, every one it holds). While the group holds only known ones,
-    /// there is none to look for, and its `/proc/PID/fd` is not read; else
-    /// it is read until they are found.
-    fn its_listeners(&mut self, gen: &Generation) -> Result<BTreeSet<u32>, Error> {
-        let all = self.listening()?;
+    /// `gen` holds, with their ports: sock_diag's listeners among its open
+    /// sockets (under handoff, every one it holds). While the group holds
+    /// only known ones, there is none to look for, and its `/proc/PID/fd`
+    /// is not read; else it is read until they are found.
+    fn its_listeners(&mut self, gen: &Generation) -> Result<BTreeMap<u32, u16>, Error> {
+        let mut all = self.listening()?;
         if all.is_empty() {
             return Ok(all);
         }
@@ -297,11 +289,13 @@ impl Ctx {
             source,
         };
         // Sockets every generation shares (handoff) are everyone's.
-        let unknown = match self.swap.at_close() {
-            AtClose::Shared => all,
-            _ => all.difference(&self.others).copied().collect(),
-        };
-        gen.holding(&unknown).map_err(err)
+        if self.swap.at_close() != AtClose::Shared {
+            all.retain(|i, _| !self.others.contains(i));
+        }
+        let unknown: BTreeSet<u32> = all.keys().copied().collect();
+        let held = gen.holding(&unknown).map_err(err)?;
+        all.retain(|i, _| held.contains(i));
+        Ok(all)
     }
 
     /// Step 2: waits until `gen` is bound behind its gate or in the group.
@@ -341,14 +335,14 @@ impl Ctx {
             // That refusal is retried; if it outlasts the ready timeout it
             // is the answer.
             let denied = match ctx.its_listeners(gen) {
-                Ok(mine) if !mine.is_empty() && ctx.missing_ports(gen)?.is_empty() => {
+                Ok(mine) if !mine.is_empty() && ctx.on_every_port(&mine) => {
                     // Asked again: a dump walks the listening hash bucket
                     // by bucket, so `mine` may lack a listener that was
                     // made in a bucket already walked (seen when each
                     // family was its own dump: a v4 listener missing, its
                     // v6 one found); every port is known to have one now,
                     // and a listener does not leave by itself.
-                    gen.listeners = ctx.its_listeners(gen)?;
+                    gen.listeners = ctx.its_listeners(gen)?.into_keys().collect();
                     ctx.readied = ready;
                     return Ok(Some(Started::Joined));
                 }
@@ -463,8 +457,9 @@ impl Ctx {
             // READY=1 comes after its last listen(): only then are its
             // listeners worth looking for, and one look finds them all.
             if ready || late {
-                gen.listeners = ctx.its_listeners(gen)?;
-                if ready && !gen.listeners.is_empty() && ctx.missing_ports(gen)?.is_empty() {
+                let mine = ctx.its_listeners(gen)?;
+                gen.listeners = mine.keys().copied().collect();
+                if ready && !mine.is_empty() && ctx.on_every_port(&mine) {
                     return Ok(Some(()));
                 }
             }
@@ -642,7 +637,8 @@ impl Ctx {
         every: Every,
     ) -> Result<bool, Error> {
         self.poll(end, every, |ctx, late| {
-            if gen.exited().is_some() || gen.listeners.is_disjoint(&ctx.listening()?) {
+            let listening = ctx.listening()?;
+            if gen.exited().is_some() || !gen.listeners.iter().any(|i| listening.contains_key(i)) {
                 return Ok(Some(true));
             }
             Ok(late.then_some(false))
@@ -668,7 +664,7 @@ impl Ctx {
         if gen.exited().is_none() {
             // Every listener it has now, including any bound after it joined.
             match self.its_listeners(gen) {
-                Ok(now) => gen.listeners.extend(now),
+                Ok(now) => gen.listeners.extend(now.into_keys()),
                 // Not exec'd yet (see `wait_started`): still a copy of us,
                 // which holds no listener on the port (ours are close-on-exec
                 // and the handoff strategy returned above), so not in the group.
@@ -747,7 +743,7 @@ impl Supervisor {
     ) -> Result<Self, Error> {
         // Ask once now: a kernel without tcp_diag must stop us here, not
         // make every reload unprotected.
-        let found = kernel.on_port(&opts.ports)?;
+        let found: BTreeSet<u32> = kernel.on_port(&opts.ports)?.into_keys().collect();
         // Generations a killed reloader left serving: adopted now, retired
         // with the same protocol once ours serves, so exactly one remains.
         let orphans = Self::adopt_orphans(&found)?;
@@ -1208,6 +1204,8 @@ mod tests {
         holding: bool,
         fail_diag: bool,
         fail_half_open: bool,
+        /// The port of each listener not on the first served port.
+        port_of: BTreeMap<u32, u16>,
         /// The check of the new server: Ok, a failure, or it dies.
         check: CheckPlay,
     }
@@ -1225,7 +1223,7 @@ mod tests {
     struct FakeKernel(W);
     impl Kernel for FakeKernel {
         /// Listening: the sockets of every process alive.
-        fn on_port(&mut self, _: &[u16]) -> Result<BTreeSet<u32>, Error> {
+        fn on_port(&mut self, ports: &[u16]) -> Result<BTreeMap<u32, u16>, Error> {
             let w = self.0.lock().unwrap();
             if w.fail_diag {
                 return Err(
@@ -1235,6 +1233,7 @@ mod tests {
             Ok(w.procs
                 .iter()
                 .flat_map(|(_, s)| s.lock().unwrap().sockets.clone())
+                .map(|i| (i, w.port_of.get(&i).copied().unwrap_or(ports[0])))
                 .collect())
         }
         fn half_open(&mut self, _: &[u16]) -> Result<usize, Error> {
@@ -1406,6 +1405,41 @@ mod tests {
         assert_eq!(signals(&w, 1001), [libc::SIGTERM]);
         assert!(signals(&w, 1002).is_empty(), "the new server was signalled");
         assert!(r.held.is_some());
+    }
+
+    #[test]
+    fn a_server_of_two_ports_has_started_only_once_it_listens_on_both() {
+        // Generation 1 listens on 7000 (101) and 8443 (201); the next one
+        // binds 7000 (102) only, and never 8443.
+        let w = world(server(102));
+        w.lock().unwrap().port_of = [(201, 8443), (202, 8443)].into();
+        let mut sup = supervisor(&w);
+        sup.ctx.opts.ports = vec![7000, 8443];
+        w.lock().unwrap().procs[0]
+            .1
+            .lock()
+            .unwrap()
+            .sockets
+            .insert(201);
+        let e = run(sup.reload()).expect_err("rolled back");
+        assert!(
+            matches!(
+                &e,
+                ReloadError::RolledBack {
+                    why: Refusal::NoBind { pid: 1002, .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // With both ports it joins, and both of its listeners are known.
+        w.lock().unwrap().next = Some(Script {
+            sockets: [103, 202].into(),
+            ..server(103)
+        });
+        let r = run(sup.reload()).expect("reload ok");
+        assert_eq!(r.new_pid, 1003);
+        assert_eq!(sup.current.listeners, [103, 202].into());
     }
 
     #[test]

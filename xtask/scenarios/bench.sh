@@ -31,12 +31,13 @@ SERVE="reuse-server --threads 1"
 # CPU per reload (the reloader's own, and its generations').
 ticks() { sed 's/.*) //' /proc/$1/stat | cut -d' ' -f12-15; }
 wait_serving() { # $1: log
-    for i in $(seq 1 300); do grep -q "$2" "$1" && return 0; sleep 0.1; done
+    for i in $(seq 1 300); do grep -qs "$2" "$1" && return 0; sleep 0.1; done
     fail "no '$2' in $1"
 }
 
 case " $CLIENTS " in *" local "*) LOCAL_CONCS=$CONCS ;; *) LOCAL_CONCS="" ;; esac
 for c in $LOCAL_CONCS; do
+    rm -f /tmp/server.log # the wait below must not read the last one's
     $SERVE 2>/tmp/server.log &
     S=$!
     wait_serving /tmp/server.log "listening on"
@@ -69,6 +70,7 @@ done
 case " $CLIENTS " in *" remote "*)
     . "$(dirname "$0")/veth-pair.sh"
     for c in $CONCS; do
+        rm -f /tmp/server.log
         $S $SERVE --listen 0.0.0.0:7000 2>/tmp/server.log &
         P=$!
         wait_serving /tmp/server.log "listening on"

@@ -15,7 +15,7 @@ printf '[[allow]]\nusers = ["nobody"]\nports = [7000]\n' > /etc/reloader/policy.
 install -d -m 700 -o nobody /run/user/65534
 
 su -s /bin/sh nobody -c 'XDG_RUNTIME_DIR=/run/user/65534 /tmp/reloader run --control /tmp/nobody.sock -- reuse-server' 2>/tmp/caps.log &
-for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/caps.log && break; sleep 0.1; done
+for i in $(seq 1 300); do grep -qs 'reloader: serving' /tmp/caps.log && break; sleep 0.1; done
 grep -q 'reloader: serving' /tmp/caps.log || fail "the reloader did not start as nobody"
 SERVER=$(pidof reuse-server)
 # Not its watchdog (a fork that keeps CAP_NET_ADMIN, named reloader-watch).
@@ -63,8 +63,9 @@ kill -TERM $RELOADER; wait
 cp /usr/local/bin/reloader /tmp/reloader-bind
 setcap cap_net_bind_service+ep /tmp/reloader-bind || fail "setcap bind"
 chmod 755 /tmp/reloader-bind
+rm -f /tmp/caps.log # the wait below must not read the first run's
 su -s /bin/sh nobody -c "/tmp/reloader-bind run --strategy handoff --addr 127.0.0.1:80 --addr '[::1]:80' --control /tmp/h.sock -- reuse-server" 2>/tmp/caps.log &
-for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/caps.log && break; sleep 0.1; done
+for i in $(seq 1 300); do grep -qs 'reloader: serving' /tmp/caps.log && break; sleep 0.1; done
 grep -q 'reloader: serving' /tmp/caps.log || fail "the handoff reloader did not start as nobody on port 80"
 RELOADER=$(pidof reloader-bind)
 SERVER=$(pidof reuse-server)

@@ -54,9 +54,10 @@ owned() {
 # start_alice ARGS...: alice's `reloader run ARGS`, serving; sets S (to
 # wait on) and RA (the reloader's PID).
 start_alice() {
+    rm -f /tmp/sec-alice.log # else the wait below may read the last run's
     as alice reloader run "$@" 2>/tmp/sec-alice.log &
     S=$!
-    for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/sec-alice.log && break; sleep 0.1; done
+    for i in $(seq 1 300); do grep -qs 'reloader: serving' /tmp/sec-alice.log && break; sleep 0.1; done
     grep -q 'reloader: serving' /tmp/sec-alice.log || fail "alice's reloader did not start: $*"
     RA=$(owned reloader 1000)
 }
@@ -130,9 +131,10 @@ refused "bob plugs alice's path" "belongs to uid 1000" as bob qdisc --dev lo --i
 refused "bob tears it down" "belongs to uid 1000" as bob qdisc --dev lo --ingress teardown
 refused "bob sets up alice's port" "does not allow bob to hold port(s) \[7000\]" as bob reloader run --addr 127.0.0.1:7000 -- reuse-server
 # bob's own service on lo (port 9000) runs beside alice's, on a plug of its own.
+rm -f /tmp/sec-bob.log
 as bob reloader run --addr 127.0.0.1:9000 -- reuse-server --listen 127.0.0.1:9000 2>/tmp/sec-bob.log &
 SB=$!
-for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/sec-bob.log && break; sleep 0.1; done
+for i in $(seq 1 300); do grep -qs 'reloader: serving' /tmp/sec-bob.log && break; sleep 0.1; done
 grep -q 'reloader: serving' /tmp/sec-bob.log || fail "bob's reloader did not start beside alice's"
 as bob reloader reload > /dev/null || fail "bob's own reload failed"
 refused "bob plugs alice's path by port" "belongs to uid 1000" as bob qdisc --dev lo --ingress --port 7000 plug
@@ -146,9 +148,10 @@ loadgen get 127.0.0.1:7000 > /dev/null || fail "alice's server does not answer"
 step "finding 6: a socket bound by another user is not trusted"
 # bob's own reloader binds a path and opens it to all: alice's client must
 # not take its answer for her reloader's.
+rm -f /tmp/sec-bob.log # the wait below must not read the last run's
 as bob reloader run --strategy none --addr 127.0.0.1:9000 --control /tmp/forged.sock -- reuse-server --listen 127.0.0.1:9000 2>/tmp/sec-bob.log &
 S=$!
-for i in $(seq 1 300); do grep -q 'reloader: serving' /tmp/sec-bob.log && break; sleep 0.1; done
+for i in $(seq 1 300); do grep -qs 'reloader: serving' /tmp/sec-bob.log && break; sleep 0.1; done
 grep -q 'reloader: serving' /tmp/sec-bob.log || fail "bob's reloader did not start"
 chmod 777 /tmp/forged.sock
 refused "a reply from bob's socket" "is served by uid 1001, not by you" as alice reloader reload --control /tmp/forged.sock

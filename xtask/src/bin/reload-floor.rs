@@ -75,24 +75,31 @@ fn run(cli: &Cli) -> Result<(), String> {
     result
 }
 
+/// A server we started: stopped (SIGTERM) and reaped when dropped, so an
+/// error leaves none running.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child, not reaped until the wait below.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
 fn reloads(cli: &Cli, notify: &UnixDatagram, path: &std::path::Path) -> Result<(), String> {
     let mut current = start(cli, notify, path)?;
     let (own0, kids0) = (cpu(libc::RUSAGE_SELF), cpu(libc::RUSAGE_CHILDREN));
     for _ in 0..cli.reloads {
         std::thread::sleep(cli.every);
         let new = start(cli, notify, path)?;
-        // SAFETY: kill(2) on our own unreaped child.
-        unsafe { libc::kill(current.id() as libc::pid_t, libc::SIGTERM) };
-        current.wait().map_err(|e| format!("wait: {e}"))?;
-        current = new;
+        drop(std::mem::replace(&mut current, new)); // SIGTERM, then reaped
     }
     let (own, kids) = (
         cpu(libc::RUSAGE_SELF) - own0,
         cpu(libc::RUSAGE_CHILDREN) - kids0,
     );
-    // SAFETY: as above.
-    unsafe { libc::kill(current.id() as libc::pid_t, libc::SIGTERM) };
-    let _ = current.wait();
+    drop(current);
     let n = cli.reloads as f64;
     println!(
         "reload-floor: {} reloads every {:?}: supervisor {:.3} ms CPU per reload, servers reaped {:.3} ms per reload",
@@ -106,7 +113,7 @@ fn reloads(cli: &Cli, notify: &UnixDatagram, path: &std::path::Path) -> Result<(
 
 /// Starts a server, checks it on its gate, tells it to join, waits for
 /// its READY=1.
-fn start(cli: &Cli, notify: &UnixDatagram, path: &std::path::Path) -> Result<Child, String> {
+fn start(cli: &Cli, notify: &UnixDatagram, path: &std::path::Path) -> Result<Server, String> {
     let child = Command::new(&cli.server)
         .args(["--listen", ADDR])
         .env("NOTIFY_SOCKET", path)
@@ -116,13 +123,14 @@ fn start(cli: &Cli, notify: &UnixDatagram, path: &std::path::Path) -> Result<Chi
         .process_group(0)
         .spawn()
         .map_err(|e| format!("{}: {e}", cli.server.display()))?;
+    let child = Server(child);
     let gate = match heard(notify)? {
         gate::Message::Offer(addr) => addr,
         m => return Err(format!("expected the gate's offer, got {m:?}")),
     };
-    check(gate, child.id())?;
+    check(gate, child.0.id())?;
     // SAFETY: kill(2) on our own unreaped child.
-    unsafe { libc::kill(child.id() as libc::pid_t, gate::JOIN_SIGNAL) };
+    unsafe { libc::kill(child.0.id() as libc::pid_t, gate::JOIN_SIGNAL) };
     match heard(notify)? {
         gate::Message::Ready => Ok(child),
         m => Err(format!("expected READY=1, got {m:?}")),

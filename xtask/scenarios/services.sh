@@ -47,6 +47,7 @@ loads() {
     done
 }
 max_ms() { sed -n 's/.* max=\([0-9.]*\) .*/\1/p' "$1" | cut -d. -f1; }
+p99_ms() { sed -n 's/.* p99=\([0-9.]*\) .*/\1/p' "$1"; }
 
 start s1 --addr 127.0.0.1:7000 --every 100ms -- reuse-server --listen 127.0.0.1:7000
 start s2 --addr 127.0.0.1:8000 --addr 127.0.0.1:8443 --every 100ms -- \
@@ -67,6 +68,7 @@ for n in s1 s2 s3; do
     grep -q 'rolled back' /tmp/$n.log && fail "$n rolled back a reload"
 done
 A8=$(max_ms /tmp/l8000.out) A4=$(max_ms /tmp/l8443.out) A9=$(max_ms /tmp/l9000.out)
+Ap="$(p99_ms /tmp/l8000.out)/$(p99_ms /tmp/l8443.out)/$(p99_ms /tmp/l9000.out)"
 # Each plug passed its own service's SYNs, and no other's: s2's carries
 # both its ports, s1's one port, s3's veth plug the remote port only.
 d7=$(( $(plug_sent lo 7000) - b7 )); d8=$(( $(plug_sent lo 8000) - b8 )); d9=$(( $(plug_sent veth-s 9000) - b9 ))
@@ -121,7 +123,7 @@ phase() {
     # listening (its drain timeout) and start a server on a loaded guest:
     # wait for the hold itself, or for the reload to end without one.
     for i in $(seq 1 1200); do buffering && break; kill -0 $R 2>/dev/null || break; sleep 0.05; done
-    buffering || fail "s1 never held (reload: $(cat /tmp/s1.reload))"
+    buffering || { wait $R; echo "reload exited $?: $(cat /tmp/s1.reload)"; cat /tmp/s1.log; fail "s1 never held"; }
     r2=$(( $(reloads s2) + 10 )) r3=$(( $(reloads s3) + 10 ))
     if [ "$1" = 1 ]; then kill -9 $S1; else
         while buffering; do sleep 0.05; done
@@ -141,8 +143,10 @@ phase() {
 }
 phase 0
 A8=$(max_ms /tmp/l8000.out) A4=$(max_ms /tmp/l8443.out) A9=$(max_ms /tmp/l9000.out)
+Ap="$(p99_ms /tmp/l8000.out)/$(p99_ms /tmp/l8443.out)/$(p99_ms /tmp/l9000.out)"
 phase $KILL
 B8=$(max_ms /tmp/l8000.out) B4=$(max_ms /tmp/l8443.out) B9=$(max_ms /tmp/l9000.out)
+Bp="$(p99_ms /tmp/l8000.out)/$(p99_ms /tmp/l8443.out)/$(p99_ms /tmp/l9000.out)"
 if [ $KILL = 1 ]; then
     $S qdisc --dev lo --ingress --port 7000 status --json | grep -q '"buffering":true' || fail "s1's plug is not left buffering (the test needs it)"
     echo "-- s1 starts again: it releases its own plug, nobody else's"
@@ -156,6 +160,7 @@ fi
 
 phase 0
 C8=$(max_ms /tmp/l8000.out) C4=$(max_ms /tmp/l8443.out) C9=$(max_ms /tmp/l9000.out)
+Cp="$(p99_ms /tmp/l8000.out)/$(p99_ms /tmp/l8443.out)/$(p99_ms /tmp/l9000.out)"
 [ $KILL = 1 ] && middle="killed in its hold" || middle="to its limit (control: no kill)"
 echo "   longest request, s1 holding to its limit / $middle / to its limit: 8000 ${A8}/${B8}/${C8} ms, 8443 ${A4}/${B4}/${C4} ms, 9000 ${A9}/${B9}/${C9} ms (s1's hold limit 3000 ms)"
 # A SYN caught by s1's plug would wait until s1 starts again, after these
@@ -165,6 +170,7 @@ echo "   longest request, s1 holding to its limit / $middle / to its limit: 8000
 # and under load a SYN retransmission (1 s) lands in any phase by chance
 # (seen: 2,265 ms on 8000 with the kill, its own longest hold 534 ms).
 longer() { [ "$2" -gt "$1" ] && [ "$2" -gt "$3" ] && echo longer || echo "not longer"; }
+echo "   p99 on 8000/8443/9000, in the same order: $Ap ms, $Bp ms, $Cp ms"
 echo "   the middle phase against the two around it: 8000 $(longer $A8 $B8 $C8), 8443 $(longer $A4 $B4 $C4), 9000 $(longer $A9 $B9 $C9)"
 
 for n in s1 s2 s3; do eval "kill -TERM \$P_$n"; eval "wait \$P_$n" || fail "$n exited $?"; done

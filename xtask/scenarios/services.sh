@@ -2,12 +2,14 @@
 # network namespace, each with its own server and its own plugs:
 #   s1: port 7000;  s2: ports 8000 and 8443, one server;
 #   s3: port 9000, also holding remote clients on veth-s (--ingress).
-# usage: services.sh REQUESTS [--control]   (per port, c=8; the issue asks 5000)
+# usage: services.sh REQUESTS [--control|--stop]   (per port, c=8; the issue asks 5000)
 # --control: the middle phase does not kill s1 (three phases alike), to
 # see how often a phase's longest request is the longest by chance.
+# --stop: the middle phase freezes s1 (SIGSTOP, then SIGCONT) instead of
+# killing it: its looks stop as with the kill, its processes stay.
 set -u
 N=${1:-5000} KILL=1
-[ "${2:-}" = --control ] && KILL=0
+case "${2:-}" in --control) KILL=0 ;; --stop) KILL=2 ;; esac
 fail() { echo "FAIL: $*"; for f in /tmp/s?.log; do echo "== $f"; tail -8 "$f"; done; exit 1; }
 . "$(dirname "$0")/veth-pair.sh"
 
@@ -133,13 +135,14 @@ phase() {
     for i in $(seq 1 1200); do buffering && break; kill -0 $R 2>/dev/null || break; sleep 0.05; done
     buffering || { wait $R; echo "reload exited $?: $(cat /tmp/s1.reload)"; cat /tmp/s1.log; fail "s1 never held"; }
     r2=$(( $(reloads s2) + 10 )) r3=$(( $(reloads s3) + 10 ))
-    if [ "$1" = 1 ]; then kill -9 $S1; else
+    if [ "$1" = 2 ]; then kill -STOP $S1; elif [ "$1" = 1 ]; then kill -9 $S1; else
         while buffering; do sleep 0.05; done
     fi
     # The loads span the hold (or the kill) and 10 of s2's and s3's reloads.
     while [ "$(reloads s2)" -lt $r2 ] || [ "$(reloads s3)" -lt $r3 ]; do sleep 0.05; done
     touch /tmp/stop
     for p in 8000 8443 9000; do eval "wait \$L_$p"; done
+    [ "$1" = 2 ] && kill -CONT $S1
     wait $R
     H2=$(longest_hold s2 $o2) H3=$(longest_hold s3 $o3)
     echo "   longest holds of s2, s3 meanwhile: $H2 ms, $H3 ms; TIME_WAIT sockets $tw -> $(time_wait)"
@@ -147,7 +150,7 @@ phase() {
         echo "   port $p: $(head -1 /tmp/l$p.out)"
         grep -q ' failed=0 ' /tmp/l$p.out || fail "port $p lost requests (s1 killed: $1)"
     done
-    [ "$1" = 1 ] || grep -q 'hold limit' /tmp/s1.log || fail "s1's hold did not reach its limit (the comparison needs it)"
+    [ "$1" != 0 ] || grep -q 'hold limit' /tmp/s1.log || fail "s1's hold did not reach its limit (the comparison needs it)"
 }
 phase 0
 A8=$(max_ms /tmp/l8000.out) A4=$(max_ms /tmp/l8443.out) A9=$(max_ms /tmp/l9000.out)
@@ -169,7 +172,7 @@ fi
 phase 0
 C8=$(max_ms /tmp/l8000.out) C4=$(max_ms /tmp/l8443.out) C9=$(max_ms /tmp/l9000.out)
 Cp="$(p99_ms /tmp/l8000.out)/$(p99_ms /tmp/l8443.out)/$(p99_ms /tmp/l9000.out)"
-[ $KILL = 1 ] && middle="killed in its hold" || middle="to its limit (control: no kill)"
+case $KILL in 0) middle="to its limit (control: no kill)" ;; 1) middle="killed in its hold" ;; 2) middle="stopped (SIGSTOP) in its hold" ;; esac
 echo "   longest request, s1 holding to its limit / $middle / to its limit: 8000 ${A8}/${B8}/${C8} ms, 8443 ${A4}/${B4}/${C4} ms, 9000 ${A9}/${B9}/${C9} ms (s1's hold limit 3000 ms)"
 # A SYN caught by s1's plug would wait until s1 starts again, after these
 # loads: its request fails (loadgen gives up at 10 s), which `phase`

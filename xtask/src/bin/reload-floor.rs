@@ -30,15 +30,13 @@ struct Cli {
     #[arg(long, default_value_t = 100)]
     reloads: u32,
     /// The pause between reloads (the reloader's `--every`).
-    #[arg(long, default_value = "100ms", value_parser = parse_ms)]
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     every: Duration,
 }
 
-fn parse_ms(s: &str) -> Result<Duration, String> {
-    s.strip_suffix("ms")
-        .and_then(|n| n.parse().ok())
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{s:?}: want milliseconds, e.g. 100ms"))
+/// The reloader's `--every` syntax (humantime's: `100ms`, `2s`).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (want e.g. 100ms, 2s)"))
 }
 
 const ADDR: &str = "127.0.0.1:7000";

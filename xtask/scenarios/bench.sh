@@ -14,9 +14,16 @@
 # clients): each reload starts when the previous one ended, under the same
 # load (`--every 0s`; a peer's ended when its master has a new worker),
 # for the reloads per second sustained.
-# usage: bench.sh REQUESTS "CONCURRENCIES" "STRATEGIES" AB_REQUESTS ["PEERS"] ["CLIENTS"] ["BACK_TO_BACK"]
+# With INTERLEAVE > 0 (local clients and peers), each system's baseline
+# and its reloading run alternate in INTERLEAVE slices of REQUESTS/INTERLEAVE
+# requests each, under one process tree (our reloader and its server, or
+# the peer's master), so that a drift of the machine's speed during the
+# bench lands on both; every system, ours and the peers, is then told to
+# reload by SIGHUP every 100 ms (`reloader run` without --every), the
+# same request at the same cadence.
+# usage: bench.sh REQUESTS "CONCURRENCIES" "STRATEGIES" AB_REQUESTS ["PEERS"] ["CLIENTS"] ["BACK_TO_BACK"] [INTERLEAVE]
 set -u
-N=$1 CONCS=$2 STRATEGIES=$3 AB_N=$4 PEERS=${5:-} CLIENTS=${6:-local} BACK_TO_BACK=${7:-}
+N=$1 CONCS=$2 STRATEGIES=$3 AB_N=$4 PEERS=${5:-} CLIENTS=${6:-local} BACK_TO_BACK=${7:-} INTERLEAVE=${8:-0}
 OUT=${RESULTS:-/results}
 AB=${AB:-/usr/sbin/ab}
 fail() { echo "BENCH-FAIL: $*"; exit 1; }
@@ -33,6 +40,31 @@ ticks() { sed 's/.*) //' /proc/$1/stat | cut -d' ' -f12-15; }
 wait_serving() { # $1: log
     for i in $(seq 1 300); do grep -qs "$2" "$1" && return 0; sleep 0.1; done
     fail "no '$2' in $1"
+}
+
+# interleaved BASE RELOADING C K SIGNAL PID: INTERLEAVE pairs of slices
+# against 127.0.0.1:7000, a baseline slice (nothing reloads) then a
+# reloading one (SIGNAL to PID every 100 ms while its load runs), appended
+# to $OUT/BASE.tsv and $OUT/RELOADING.tsv; K: loadgen's -k or "". Sets
+# SENT, the signals sent.
+interleaved() {
+    per=$((N / INTERLEAVE)) i=0 SENT=0
+    rm -f $OUT/$1.tsv $OUT/$2.tsv
+    while [ $i -lt $INTERLEAVE ]; do
+        loadgen run 127.0.0.1:7000 -c $3 -n $per $4 --tsv /tmp/slice.tsv > /tmp/slice.txt
+        slice_to $OUT/$1.tsv
+        loadgen run 127.0.0.1:7000 -c $3 -n $per $4 --tsv /tmp/slice.tsv > /tmp/slice.txt &
+        L=$!
+        while kill -0 $L 2>/dev/null; do kill -$5 $6; SENT=$((SENT + 1)); sleep 0.1; done
+        wait $L
+        slice_to $OUT/$2.tsv
+        i=$((i + 1))
+    done
+    echo "BENCH-INFO $2: $INTERLEAVE slices of $per requests each, alternating with $1's; $SENT SIG$5 sent"
+}
+slice_to() { # $1: the TSV that /tmp/slice.tsv's records are appended to
+    [ -e $1 ] || head -n 1 /tmp/slice.tsv > $1
+    tail -n +2 /tmp/slice.tsv >> $1
 }
 
 case " $CLIENTS " in *" local "*) LOCAL_CONCS=$CONCS ;; *) LOCAL_CONCS="" ;; esac
@@ -54,6 +86,19 @@ for c in $LOCAL_CONCS; do
         # NAME-k: the same strategy with kept-alive connections (loadgen -k).
         base=${s%-k}; K=""
         [ "$base" != "$s" ] && K="-k"
+        if [ "$INTERLEAVE" -gt 0 ]; then
+            reloader run --strategy $base --drain-timeout 10s --control /tmp/r.sock -- $SERVE 2>$OUT/reloading-$s-c$c.log &
+            R=$!
+            wait_serving $OUT/reloading-$s-c$c.log "reloader: serving"
+            echo "BENCH-RUN interleaved strategy=$s c=$c"
+            t0=$(ticks $R); r0=$(grep -c 'reload #[0-9]*: ok' $OUT/reloading-$s-c$c.log)
+            interleaved baseline-$s-c$c reloading-$s-c$c $c "$K" HUP $R
+            echo "$r0 $t0 $(grep -c 'reload #[0-9]*: ok' $OUT/reloading-$s-c$c.log) $(ticks $R)" > $OUT/reloading-$s-c$c.cpu
+            kill -TERM $R; wait $R
+            grep -c 'reload #[0-9]*: ok' $OUT/reloading-$s-c$c.log > $OUT/reloading-$s-c$c.reloads
+            grep -c 'reload #[0-9]*: rolled back' $OUT/reloading-$s-c$c.log >> $OUT/reloading-$s-c$c.reloads
+            continue
+        fi
         reloader run --strategy $base --every 100ms --drain-timeout 10s --control /tmp/r.sock -- $SERVE 2>$OUT/reloading-$s-c$c.log &
         R=$!
         wait_serving $OUT/reloading-$s-c$c.log "reloader: serving"
@@ -157,6 +202,14 @@ for p in $PEERS; do
     esac
     for c in $CONCS; do
         peer_start $p
+        if [ "$INTERLEAVE" -gt 0 ]; then
+            echo "BENCH-RUN interleaved peer $p c=$c"
+            sig=HUP; [ $p = haproxy ] && sig=USR2 # as peer_reload
+            interleaved peer-$p-baseline-c$c peer-$p-reloading-c$c $c "" $sig $MASTER
+            echo $SENT > $OUT/peer-$p-reloading-c$c.reloads; echo 0 >> $OUT/peer-$p-reloading-c$c.reloads
+            peer_stop
+            continue
+        fi
         echo "BENCH-RUN peer $p baseline c=$c"
         loadgen run 127.0.0.1:7000 -c $c -n $N --tsv $OUT/peer-$p-baseline-c$c.tsv --progress | tee $OUT/peer-$p-baseline-c$c.txt
         echo "BENCH-RUN peer $p reloading c=$c"

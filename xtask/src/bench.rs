@@ -72,6 +72,12 @@ pub struct BenchArgs {
         default_value = "none,plug,migrate,handoff,steer,nginx,haproxy"
     )]
     pub back_to_back: Vec<String>,
+    /// Alternate each system's baseline and its reloading run in this many
+    /// slices (local clients and peers), under one process tree, every
+    /// system told to reload by a signal every 100 ms: a drift of the
+    /// machine's speed then lands on both halves of each ratio.
+    #[arg(long)]
+    pub interleave: Option<usize>,
     /// Results folder (default: results/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -149,6 +155,7 @@ struct Args {
     strategies: Vec<String>,
     clients: Vec<Clients>,
     ab_requests: Option<usize>,
+    interleave: usize,
     out: PathBuf,
 }
 
@@ -184,6 +191,7 @@ pub fn bench(b: BenchArgs) -> Result<()> {
         strategies: b.strategies.iter().map(|s| s.name().to_owned()).collect(),
         clients: b.clients,
         ab_requests: b.ab_requests,
+        interleave: b.interleave.unwrap_or(0),
         out: b
             .out
             .unwrap_or_else(|| workspace_root().join("results/bench")),
@@ -200,6 +208,7 @@ pub fn demo(d: DemoArgs) -> Result<()> {
         strategies: vec!["plug".into()],
         clients: vec![Clients::Local],
         ab_requests: d.ab_requests,
+        interleave: 0,
         out: d
             .out
             .unwrap_or_else(|| workspace_root().join("results/demo")),
@@ -235,6 +244,12 @@ fn run(mut a: Args, demo: bool) -> Result<()> {
     };
     let n = *a.requests.get_or_insert(default_n);
     let ab_n = *a.ab_requests.get_or_insert(n.min(10_000));
+    if a.interleave > 0 && n % a.interleave != 0 {
+        bail!(
+            "--interleave {}: the requests ({n}) must divide into that many slices",
+            a.interleave
+        );
+    }
     let _ = std::fs::remove_dir_all(&a.out);
     std::fs::create_dir_all(&a.out)?;
     let concs = a
@@ -256,6 +271,7 @@ fn run(mut a: Args, demo: bool) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" "),
         a.back_to_back.join(" "),
+        a.interleave.to_string(),
     ];
     let kernel;
     match &where_ {
@@ -444,7 +460,10 @@ fn report(a: &Args, kernel: &str, emulated: bool) -> Result<String> {
                     .and_then(|x| x.lines().next()?.trim().parse::<u64>().ok())
                     .map(|n| (n, 0));
             let (bl, bs) = row(&format!("peer {p}: baseline, c={c}"), &base, None, None)?;
-            let name = format!("peer {p}: reloading every 100 ms, c={c}");
+            let name = match a.interleave {
+                0 => format!("peer {p}: reloading every 100 ms, c={c}"),
+                _ => format!("peer {p}, interleaved: its reload signal every 100 ms, c={c}"),
+            };
             let (rl, rs) = row(&name, &tsv, reloads, None)?;
             writeln!(t, "{bl}")?;
             writeln!(t, "{rl}")?;
@@ -579,17 +598,36 @@ fn strategy_rows(
         let held = std::fs::read_to_string(a.out.join(format!("{stem}-c{c}.log")))
             .ok()
             .and_then(|log| held_times(&log));
-        let name = format!("{who}reloading every 100 ms, strategy {s}, c={c}");
+        // Under --interleave, the strategy's own baseline: slices of the
+        // same run with nothing reloading.
+        let own_base = a.out.join(format!("baseline-{s}-c{c}.tsv"));
+        let own_base = match clients == Clients::Local && own_base.exists() {
+            true => {
+                let name = format!("interleaved: baseline, strategy {s}, c={c}");
+                let (line, summary) = row(&name, &own_base, None, None)?;
+                writeln!(t, "{line}")?;
+                Some(summary)
+            }
+            false => None,
+        };
+        let name = match own_base {
+            Some(_) => format!("interleaved: SIGHUP every 100 ms, strategy {s}, c={c}"),
+            None => format!("{who}reloading every 100 ms, strategy {s}, c={c}"),
+        };
         let (line, summary) = row(&name, &tsv, reloads, held)?;
         writeln!(t, "{line}")?;
-        by_strategy.push((s.clone(), summary));
+        by_strategy.push((s.clone(), summary, own_base));
         plot(&tsv, &name)?;
     }
     let none = by_strategy
         .iter()
-        .find(|(s, _)| s == "none")
-        .map(|(_, x)| x.clone());
-    for (s, x) in &by_strategy {
+        .find(|(s, _, _)| s == "none")
+        .map(|(_, x, _)| x.clone());
+    for (s, x, own_base) in &by_strategy {
+        let (base, its) = match own_base {
+            Some(b) => (b, "its interleaved baseline"),
+            None => (&base_summary, "baseline"),
+        };
         let vs_none = match (&none, s.as_str()) {
             (Some(n), name) if name != "none" => format!(
                 "; / none: mean {:.2}x, p99 {:.2}x, max {:.2}x",
@@ -603,10 +641,10 @@ fn strategy_rows(
         let cpu = cpu_note(&a.out.join(format!("{stem}-c{c}.cpu")));
         writeln!(
             ratios,
-            "- {who}c={c}: {s} / baseline: mean {:.2}x, p99 {:.2}x, max {:.2}x{vs_none}{cpu}",
-            x.mean / base_summary.mean,
-            x.p99 / base_summary.p99,
-            x.max / base_summary.max
+            "- {who}c={c}: {s} / {its}: mean {:.2}x, p99 {:.2}x, max {:.2}x{vs_none}{cpu}",
+            x.mean / base.mean,
+            x.p99 / base.p99,
+            x.max / base.max
         )?;
     }
     Ok(())

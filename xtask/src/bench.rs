@@ -244,7 +244,7 @@ fn run(mut a: Args, demo: bool) -> Result<()> {
     };
     let n = *a.requests.get_or_insert(default_n);
     let ab_n = *a.ab_requests.get_or_insert(n.min(10_000));
-    if a.interleave > 0 && n % a.interleave != 0 {
+    if a.interleave > 0 && !n.is_multiple_of(a.interleave) {
         bail!(
             "--interleave {}: the requests ({n}) must divide into that many slices",
             a.interleave

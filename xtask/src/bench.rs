@@ -78,6 +78,12 @@ pub struct BenchArgs {
     /// machine's speed then lands on both halves of each ratio.
     #[arg(long)]
     pub interleave: Option<usize>,
+    /// Run on this machine's kernel (as root, in a private network
+    /// namespace) even when it lacks sch_plug: refused if a strategy asked
+    /// for needs it (plug, plug-k). Real CPU instead of emulation, where
+    /// starting a process costs tens of times more than the rest.
+    #[arg(long)]
+    pub host: bool,
     /// Results folder (default: results/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -156,6 +162,7 @@ struct Args {
     clients: Vec<Clients>,
     ab_requests: Option<usize>,
     interleave: usize,
+    host: bool,
     out: PathBuf,
 }
 
@@ -165,7 +172,28 @@ enum Place {
     Vm(String),
 }
 
-fn place() -> Place {
+fn place(a: &Args) -> Result<Place> {
+    if a.host {
+        if !is_root() {
+            bail!("--host: the bench runs in a private network namespace, which needs root");
+        }
+        let plugs = |s: &String| matches!(s.as_str(), "plug" | "plug-k");
+        if let Some(s) = a
+            .strategies
+            .iter()
+            .chain(&a.back_to_back)
+            .find(|s| plugs(s))
+        {
+            if !matches!(qdisc::probe(), Ok(p) if p.missing().is_empty()) {
+                bail!("--host: strategy {s} needs sch_plug, which this kernel lacks (leave --host out to run it in the VM, or drop {s})");
+            }
+        }
+        return Ok(Place::Host);
+    }
+    Ok(auto_place())
+}
+
+fn auto_place() -> Place {
     if !is_root() {
         return Place::Vm(
             "not root, so the host cannot be probed in a private network namespace".into(),
@@ -192,6 +220,7 @@ pub fn bench(b: BenchArgs) -> Result<()> {
         clients: b.clients,
         ab_requests: b.ab_requests,
         interleave: b.interleave.unwrap_or(0),
+        host: b.host,
         out: b
             .out
             .unwrap_or_else(|| workspace_root().join("results/bench")),
@@ -209,6 +238,7 @@ pub fn demo(d: DemoArgs) -> Result<()> {
         clients: vec![Clients::Local],
         ab_requests: d.ab_requests,
         interleave: 0,
+        host: false,
         out: d
             .out
             .unwrap_or_else(|| workspace_root().join("results/demo")),
@@ -235,7 +265,7 @@ fn run(mut a: Args, demo: bool) -> Result<()> {
             ),
         }
     }
-    let where_ = place();
+    let where_ = place(&a)?;
     // Under emulation everything is 20-50x slower: a smaller default keeps
     // the run to minutes. The seed's own count is one flag away.
     let default_n = match where_ {
@@ -276,7 +306,13 @@ fn run(mut a: Args, demo: bool) -> Result<()> {
     let kernel;
     match &where_ {
         Place::Host => {
-            eprintln!("xtask: the host kernel has sch_prio, sch_plug and cls_fw: running on the host in a private network namespace");
+            eprintln!(
+                "xtask: running on the host's kernel in a private network namespace ({})",
+                match a.host {
+                    true => "--host",
+                    false => "it has sch_prio, sch_plug and cls_fw",
+                }
+            );
             let root = workspace_root();
             run_visible(
                 Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

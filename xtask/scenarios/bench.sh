@@ -176,13 +176,25 @@ frontend fe
     http-request return status 200 content-type text/plain lf-string "%pid"
 EOF
 }
-peer_start() { # $1: peer; sets MASTER
+peer_start() { # $1: peer; sets MASTER once the peer answers
     case $1 in
-        nginx) nginx_conf ""; $NGINX -c /tmp/ngx/nginx.conf || fail "nginx"; sleep 0.5; MASTER=$(cat /tmp/ngx/nginx.pid) ;;
-        nginx-reuseport) nginx_conf reuseport; $NGINX -c /tmp/ngx/nginx.conf || fail "nginx"; sleep 0.5; MASTER=$(cat /tmp/ngx/nginx.pid) ;;
-        haproxy) haproxy_conf; $HAPROXY -W -D -p /tmp/haproxy.pid -f /tmp/haproxy.cfg || fail "haproxy"; sleep 0.5; MASTER=$(cat /tmp/haproxy.pid) ;;
+        nginx) nginx_conf ""; pidfile=/tmp/ngx/nginx.pid ;;
+        nginx-reuseport) nginx_conf reuseport; pidfile=/tmp/ngx/nginx.pid ;;
+        haproxy) haproxy_conf; pidfile=/tmp/haproxy.pid ;;
     esac
-    loadgen get 127.0.0.1:7000 > /dev/null || fail "$1 does not answer"
+    rm -f $pidfile
+    case $1 in
+        nginx*) $NGINX -c /tmp/ngx/nginx.conf || fail "nginx" ;;
+        haproxy) $HAPROXY -W -D -p $pidfile -f /tmp/haproxy.cfg || fail "haproxy" ;;
+    esac
+    # Both daemonize: the master writes its PID file and the worker
+    # accepts some time after the command returns.
+    i=0
+    until [ -s $pidfile ] && loadgen get 127.0.0.1:7000 > /dev/null 2>&1; do
+        i=$((i + 1)); [ $i -gt 300 ] && fail "$1 does not answer after 30 s"
+        sleep 0.1
+    done
+    MASTER=$(cat $pidfile)
 }
 peer_reload() { # $1: peer
     case $1 in
@@ -190,10 +202,15 @@ peer_reload() { # $1: peer
         haproxy) kill -USR2 $MASTER ;;   # master-worker reload (re-exec, fds over the socket)
     esac
 }
-peer_stop() {
-    kill -QUIT $MASTER 2>/dev/null; sleep 1; kill -9 $MASTER 2>/dev/null
-    for p in $(pidof nginx haproxy); do kill -9 $p; done
-    sleep 0.2
+peer_stop() { # the master and the workers it has, by PID (never another's nginx)
+    workers=$(cat /proc/$MASTER/task/*/children 2>/dev/null)
+    kill -QUIT $MASTER 2>/dev/null
+    i=0
+    while kill -0 $MASTER 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    for w in $MASTER $workers; do kill -9 $w 2>/dev/null; done
+    # The port is free again once no listener of ours is left on it.
+    i=0
+    while loadgen get 127.0.0.1:7000 > /dev/null 2>&1 && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 }
 for p in $PEERS; do
     case $p in

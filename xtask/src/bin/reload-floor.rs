@@ -32,6 +32,9 @@ struct Cli {
     /// The pause between reloads (the reloader's `--every`).
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     every: Duration,
+    /// More arguments for the server, after `--` (e.g. `-- --threads 1`).
+    #[arg(last = true)]
+    server_args: Vec<String>,
 }
 
 /// The reloader's `--every` syntax (humantime's: `100ms`, `2s`).
@@ -114,6 +117,7 @@ fn reloads(cli: &Cli, notify: &UnixDatagram, path: &std::path::Path) -> Result<(
 fn start(cli: &Cli, notify: &UnixDatagram, path: &std::path::Path) -> Result<Server, String> {
     let child = Command::new(&cli.server)
         .args(["--listen", ADDR])
+        .args(&cli.server_args)
         .env("NOTIFY_SOCKET", path)
         .env(gate::ENV, "1")
         .stdin(Stdio::null())

@@ -26,7 +26,11 @@ set -u
 N=$1 CONCS=$2 STRATEGIES=$3 AB_N=$4 PEERS=${5:-} CLIENTS=${6:-local} BACK_TO_BACK=${7:-} INTERLEAVE=${8:-0}
 OUT=${RESULTS:-/results}
 AB=${AB:-/usr/sbin/ab}
-fail() { echo "BENCH-FAIL: $*"; exit 1; }
+fail() { # a peer we started is stopped first
+    echo "BENCH-FAIL: $*"
+    [ -n "${MASTER:-}" ] && peer_stop
+    exit 1
+}
 [ -d $OUT ] || fail "no results folder"
 echo "BENCH-INFO kernel $(uname -r) cpus $(nproc)"
 # One thread serves, as the peers are set up (nginx worker_processes 1,
@@ -42,25 +46,26 @@ wait_serving() { # $1: log
     fail "no '$2' in $1"
 }
 
-# interleaved BASE RELOADING C K SIGNAL PID: INTERLEAVE pairs of slices
+# interleaved BASE RELOADING C K RELOAD...: INTERLEAVE pairs of slices
 # against 127.0.0.1:7000, a baseline slice (nothing reloads) then a
-# reloading one (SIGNAL to PID every 100 ms while its load runs), appended
-# to $OUT/BASE.tsv and $OUT/RELOADING.tsv; K: loadgen's -k or "". Sets
-# SENT, the signals sent.
+# reloading one (the command RELOAD... every 100 ms while its load runs),
+# appended to $OUT/BASE.tsv and $OUT/RELOADING.tsv; K: loadgen's -k or "".
+# Sets SENT, the reloads asked for.
 interleaved() {
+    quiet=$1 busy=$2 conc=$3 k=$4; shift 4
     per=$((N / INTERLEAVE)) i=0 SENT=0
-    rm -f $OUT/$1.tsv $OUT/$2.tsv
+    rm -f $OUT/$quiet.tsv $OUT/$busy.tsv
     while [ $i -lt $INTERLEAVE ]; do
-        loadgen run 127.0.0.1:7000 -c $3 -n $per $4 --tsv /tmp/slice.tsv > /tmp/slice.txt
-        slice_to $OUT/$1.tsv
-        loadgen run 127.0.0.1:7000 -c $3 -n $per $4 --tsv /tmp/slice.tsv > /tmp/slice.txt &
+        loadgen run 127.0.0.1:7000 -c $conc -n $per $k --tsv /tmp/slice.tsv > /tmp/slice.txt
+        slice_to $OUT/$quiet.tsv
+        loadgen run 127.0.0.1:7000 -c $conc -n $per $k --tsv /tmp/slice.tsv > /tmp/slice.txt &
         L=$!
-        while kill -0 $L 2>/dev/null; do kill -$5 $6; SENT=$((SENT + 1)); sleep 0.1; done
+        while kill -0 $L 2>/dev/null; do "$@"; SENT=$((SENT + 1)); sleep 0.1; done
         wait $L
-        slice_to $OUT/$2.tsv
+        slice_to $OUT/$busy.tsv
         i=$((i + 1))
     done
-    echo "BENCH-INFO $2: $INTERLEAVE slices of $per requests each, alternating with $1's; $SENT SIG$5 sent"
+    echo "BENCH-INFO $busy: $INTERLEAVE slices of $per requests each, alternating with $quiet's; $SENT reloads asked for ($*)"
 }
 slice_to() { # $1: the TSV that /tmp/slice.tsv's records are appended to
     [ -e $1 ] || head -n 1 /tmp/slice.tsv > $1
@@ -92,7 +97,7 @@ for c in $LOCAL_CONCS; do
             wait_serving $OUT/reloading-$s-c$c.log "reloader: serving"
             echo "BENCH-RUN interleaved strategy=$s c=$c"
             t0=$(ticks $R); r0=$(grep -c 'reload #[0-9]*: ok' $OUT/reloading-$s-c$c.log)
-            interleaved baseline-$s-c$c reloading-$s-c$c $c "$K" HUP $R
+            interleaved baseline-$s-c$c reloading-$s-c$c $c "$K" kill -HUP $R
             echo "$r0 $t0 $(grep -c 'reload #[0-9]*: ok' $OUT/reloading-$s-c$c.log) $(ticks $R)" > $OUT/reloading-$s-c$c.cpu
             kill -TERM $R; wait $R
             grep -c 'reload #[0-9]*: ok' $OUT/reloading-$s-c$c.log > $OUT/reloading-$s-c$c.reloads
@@ -211,6 +216,7 @@ peer_stop() { # the master and the workers it has, by PID (never another's nginx
     # The port is free again once no listener of ours is left on it.
     i=0
     while loadgen get 127.0.0.1:7000 > /dev/null 2>&1 && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    MASTER=""
 }
 for p in $PEERS; do
     case $p in
@@ -221,8 +227,7 @@ for p in $PEERS; do
         peer_start $p
         if [ "$INTERLEAVE" -gt 0 ]; then
             echo "BENCH-RUN interleaved peer $p c=$c"
-            sig=HUP; [ $p = haproxy ] && sig=USR2 # as peer_reload
-            interleaved peer-$p-baseline-c$c peer-$p-reloading-c$c $c "" $sig $MASTER
+            interleaved peer-$p-baseline-c$c peer-$p-reloading-c$c $c "" peer_reload $p
             echo $SENT > $OUT/peer-$p-reloading-c$c.reloads; echo 0 >> $OUT/peer-$p-reloading-c$c.reloads
             peer_stop
             continue

@@ -91,25 +91,20 @@ for c in $LOCAL_CONCS; do
         # NAME-k: the same strategy with kept-alive connections (loadgen -k).
         base=${s%-k}; K=""
         [ "$base" != "$s" ] && K="-k"
-        if [ "$INTERLEAVE" -gt 0 ]; then
-            reloader run --strategy $base --drain-timeout 10s --control /tmp/r.sock -- $SERVE 2>$OUT/reloading-$s-c$c.log &
-            R=$!
-            wait_serving $OUT/reloading-$s-c$c.log "reloader: serving"
-            echo "BENCH-RUN interleaved strategy=$s c=$c"
-            t0=$(ticks $R); r0=$(grep -c 'reload #[0-9]*: ok' $OUT/reloading-$s-c$c.log)
-            interleaved baseline-$s-c$c reloading-$s-c$c $c "$K" kill -HUP $R
-            echo "$r0 $t0 $(grep -c 'reload #[0-9]*: ok' $OUT/reloading-$s-c$c.log) $(ticks $R)" > $OUT/reloading-$s-c$c.cpu
-            kill -TERM $R; wait $R
-            grep -c 'reload #[0-9]*: ok' $OUT/reloading-$s-c$c.log > $OUT/reloading-$s-c$c.reloads
-            grep -c 'reload #[0-9]*: rolled back' $OUT/reloading-$s-c$c.log >> $OUT/reloading-$s-c$c.reloads
-            continue
-        fi
-        reloader run --strategy $base --every 100ms --drain-timeout 10s --control /tmp/r.sock -- $SERVE 2>$OUT/reloading-$s-c$c.log &
+        # Interleaved, the reloads come from SIGHUP every 100 ms, as the peers'.
+        EVERY="--every 100ms"
+        [ "$INTERLEAVE" -gt 0 ] && EVERY=""
+        reloader run --strategy $base $EVERY --drain-timeout 10s --control /tmp/r.sock -- $SERVE 2>$OUT/reloading-$s-c$c.log &
         R=$!
         wait_serving $OUT/reloading-$s-c$c.log "reloader: serving"
-        echo "BENCH-RUN reloading strategy=$s c=$c"
         t0=$(ticks $R); r0=$(grep -c 'reload #[0-9]*: ok' $OUT/reloading-$s-c$c.log)
-        loadgen run 127.0.0.1:7000 -c $c -n $N $K --tsv $OUT/reloading-$s-c$c.tsv --progress | tee $OUT/reloading-$s-c$c.txt
+        if [ "$INTERLEAVE" -gt 0 ]; then
+            echo "BENCH-RUN interleaved strategy=$s c=$c"
+            interleaved baseline-$s-c$c reloading-$s-c$c $c "$K" kill -HUP $R
+        else
+            echo "BENCH-RUN reloading strategy=$s c=$c"
+            loadgen run 127.0.0.1:7000 -c $c -n $N $K --tsv $OUT/reloading-$s-c$c.tsv --progress | tee $OUT/reloading-$s-c$c.txt
+        fi
         echo "$r0 $t0 $(grep -c 'reload #[0-9]*: ok' $OUT/reloading-$s-c$c.log) $(ticks $R)" > $OUT/reloading-$s-c$c.cpu
         kill -TERM $R; wait $R
         grep -c 'reload #[0-9]*: ok' $OUT/reloading-$s-c$c.log > $OUT/reloading-$s-c$c.reloads

@@ -184,7 +184,8 @@ fn place(a: &Args) -> Result<Place> {
             .chain(&a.back_to_back)
             .find(|s| plugs(s))
         {
-            if !matches!(qdisc::probe(), Ok(p) if p.missing().is_empty()) {
+            let probe = qdisc::probe().context("--host: probing this kernel for sch_plug")?;
+            if !probe.missing().is_empty() {
                 bail!("--host: strategy {s} needs sch_plug, which this kernel lacks (leave --host out to run it in the VM, or drop {s})");
             }
         }
